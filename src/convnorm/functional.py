@@ -95,7 +95,7 @@ def _spectrum(
     grid: Sequence[int],
     dilation: Sequence[int],
     eps: float,
-    onesided_dim: int,
+    onesided_dim: Optional[int],
 ) -> Tensor:
     """v̂ on ``grid``, one-sided along ``onesided_dim`` (a spatial index), full elsewhere.
 
@@ -134,9 +134,10 @@ def preconditioner_spectrum(
         eps: added to ``Σ_j |â_ij|²`` before the inverse square root.
 
     Returns:
-        real tensor of shape ``(C_out, N_1, ..., N_{n-1}, N_n // 2 + 1)``: v̂ in the layout of
-        ``torch.fft.rfftn`` over the spatial dims. The dtype is float64 for a float64
-        weight and float32 otherwise. Differentiable in ``weight``.
+        real tensor of shape ``(C_out, N_1, ..., N_n)``: v̂ at every frequency of the grid,
+        in the order of ``torch.fft.fftn`` (v̂ is even, so the first ``N_n // 2 + 1``
+        entries of the last dim are what an ``rfftn`` product needs). The dtype is float64
+        for a float64 weight and float32 otherwise. Differentiable in ``weight``.
     """
     n = weight.dim() - 2
     if n < 1:
@@ -144,7 +145,7 @@ def preconditioner_spectrum(
     grid = _tuple(grid_size, n, "grid_size")
     if any(g < 1 for g in grid):
         raise ValueError(f"grid_size must be positive, got {grid}")
-    return _spectrum(weight, grid, _tuple(dilation, n, "dilation"), eps, onesided_dim=n - 1)
+    return _spectrum(weight, grid, _tuple(dilation, n, "dilation"), eps, onesided_dim=None)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,10 @@ class _Plan:
     """How to compute one ConvNorm forward for one input size (all per spatial dim)."""
 
     prepad: Optional[Tuple[int, ...]]  # F.pad argument for reflect/replicate, else None
-    wrap_index: Optional[Tuple[Optional[Tensor], ...]]  # circular: input gather per dim
+    # circular: F.pad(mode='circular') argument, then an index gather along the dims whose
+    # wrap-around exceeds what F.pad allows (a pad larger than the input, or a crop)
+    wrap_pad: Optional[Tuple[int, ...]]
+    wrap_index: Tuple[Tuple[int, Tensor], ...]
     conv_stride: Tuple[int, ...]
     conv_padding: Tuple[int, ...]
     grid: Tuple[int, ...]  # spectrum grid; 1 where the preconditioner is the identity
@@ -192,21 +196,22 @@ def _plan(
         out_size.append((length - 1) // stride[m] + 1)
 
     conv_stride, conv_padding, grid, output_index = [], [], [], []
-    wrap_index = None
+    wrap_pad, wrap_index = None, []
     if padding_mode == "circular":
-        wrap_index = []
+        wrap_pad = [0] * (2 * n)
         for m in range(n):
-            h, (pl, _), length, s = size[m], padding[m], out_size[m], stride[m]
+            h, (pl, pr), length, s = size[m], padding[m], out_size[m], stride[m]
             if span[m] == 0:
-                # Identity preconditioner along m: gather the wrapped, strided input directly.
-                wrap_index.append(torch.remainder(torch.arange(0, (length - 1) * s + 1, s) - pl, h))
-                conv_stride.append(1)
+                # Identity preconditioner along m: PyTorch's own wrap padding and stride.
+                left, right = pl, pr
+                conv_stride.append(s)
                 grid.append(1)
                 output_index.append(slice(None))
             else:
                 # The conv on the input grid itself: c[q] = Σ_t w[t] x[(q + d t - pl) mod h],
-                # q < h; PyTorch's output n is c[n mod h].
-                wrap_index.append(torch.remainder(torch.arange(h + span[m]) - pl, h))
+                # q < h, from the input wrapped by (pl, span - pl); PyTorch's output n is
+                # c[n mod h].
+                left, right = pl, span[m] - pl
                 conv_stride.append(1)
                 grid.append(h)
                 full = (length - 1) * s + 1
@@ -214,7 +219,12 @@ def _plan(
                     slice(0, full, s) if full <= h else torch.remainder(torch.arange(0, full, s), h)
                 )
             conv_padding.append(0)
-        wrap_index = tuple(wrap_index)
+            if 0 <= left <= h and 0 <= right <= h:
+                wrap_pad[2 * (n - 1 - m)] = left
+                wrap_pad[2 * (n - 1 - m) + 1] = right
+            else:
+                wrap_index.append((m, torch.remainder(torch.arange(-left, h + right), h)))
+        wrap_pad = tuple(wrap_pad) if any(wrap_pad) else None
     else:
         for m in range(n):
             pl, pr = padding[m]
@@ -238,7 +248,8 @@ def _plan(
                 output_index.append(slice(start, start + (out_size[m] - 1) * stride[m] + 1, stride[m]))
     return _Plan(
         prepad=prepad,
-        wrap_index=wrap_index,
+        wrap_pad=wrap_pad,
+        wrap_index=tuple(wrap_index),
         conv_stride=tuple(conv_stride),
         conv_padding=tuple(conv_padding),
         grid=tuple(grid),
@@ -384,22 +395,17 @@ def conv_norm(
 
 
 def _planned_layout(spectrum: Tensor, plan: _Plan) -> Tensor:
-    """Public rfftn layout on ``plan.grid`` -> the layout :func:`_apply_spectrum` uses."""
-    n = len(plan.grid)
-    expected = (*plan.grid[:-1], plan.grid[-1] // 2 + 1)
-    if tuple(spectrum.shape[1:]) != expected:
+    """Public full layout on ``plan.grid`` -> the layout :func:`_apply_spectrum` uses."""
+    if tuple(spectrum.shape[1:]) != plan.grid:
         raise ValueError(
-            f"spectrum has spatial shape {tuple(spectrum.shape[1:])}, expected {expected} for "
-            f"the grid {plan.grid} of this input"
+            f"spectrum has spatial shape {tuple(spectrum.shape[1:])}, expected {plan.grid}: "
+            "the grid of this input (see spectrum_grid_size)"
         )
     if not plan.active:
         return spectrum.reshape(spectrum.shape[0])
+    # v̂ is even: the non-negative half of the last active dim is all rfftn needs.
     last = plan.active[-1]
-    # The grid is full along every dim but the last; keep the non-negative half of the
-    # last active dim instead (v̂ is even, so nothing is lost).
-    if last != n - 1:
-        spectrum = spectrum.narrow(1 + last, 0, plan.grid[last] // 2 + 1)
-    return spectrum
+    return spectrum.narrow(1 + last, 0, plan.grid[last] // 2 + 1)
 
 
 def _conv_norm_planned(
@@ -424,9 +430,10 @@ def _conv_norm_planned(
     x = input
     if plan.prepad is not None:
         x = F.pad(x, plan.prepad, mode=padding_mode)
-    if plan.wrap_index is not None:
-        for m, index in enumerate(plan.wrap_index):
-            x = x.index_select(2 + m, index.to(x.device))
+    if plan.wrap_pad is not None:
+        x = F.pad(x, plan.wrap_pad, mode="circular")
+    for m, index in plan.wrap_index:
+        x = x.index_select(2 + m, index.to(x.device))
     out_bias = _sum_optional(bias, affine_bias)
 
     if not plan.active:
@@ -446,10 +453,19 @@ def _conv_norm_planned(
         spectrum = spectrum_for_plan(weight, plan, dilation, eps, preconditioner_grad)
     out = _select(_apply_spectrum(c, spectrum, plan), plan.output_index)
     if affine_weight is not None:
-        out = _CONV[n](out, affine_weight.to(out.dtype), None, 1, "same", 1, out.shape[1])
+        out = _affine(out, affine_weight)
     if out_bias is not None:
         out = out + out_bias.to(out.dtype).reshape((-1,) + (1,) * n)
     return out.to(input.dtype)
+
+
+def _affine(x: Tensor, affine_weight: Tensor) -> Tensor:
+    """Depthwise correlation with 'same' zero padding (odd element on the right, as PyTorch)."""
+    kernel = affine_weight.shape[2:]
+    pads = tuple(p for k in reversed(kernel) for p in ((k - 1) // 2, k // 2))
+    if any(pads):
+        x = F.pad(x, pads)
+    return _CONV[len(kernel)](x, affine_weight.to(x.dtype), None, 1, 0, 1, x.shape[1])
 
 
 def _sum_optional(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:

@@ -1,0 +1,55 @@
+"""DDP: v̂ is a function of the (synchronised) weights, so it needs no communication."""
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from convnorm import ConvNorm2d
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        ConvNorm2d(3, 8, 3, padding=1, affine_init="random", track_running_spectrum=True),
+        nn.ReLU(),
+        ConvNorm2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        ConvNorm2d(8, 4, 1),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+    ).double()
+
+
+def make_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g)
+
+
+def worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = nn.parallel.DistributedDataParallel(make_model())
+    x, y = make_batch()
+    shard = slice(rank * 4, rank * 4 + 4)
+    nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()
+    grads = {k: p.grad for k, p in model.module.named_parameters()}
+    torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gradients_equal_full_batch_gradients():
+    model = make_model()
+    x, y = make_batch()
+    nn.functional.cross_entropy(model(x), y).backward()
+    expected = {k: p.grad for k, p in model.named_parameters()}
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        for rank in range(2):
+            got = torch.load(os.path.join(tmp, f"grads{rank}.pt"))
+            assert set(got) == set(expected)
+            for k in expected:
+                assert torch.allclose(got[k], expected[k], atol=1e-12), k
