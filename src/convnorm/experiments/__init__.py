@@ -1,0 +1,1 @@
+"""Experiments on ConvNorm: models, data, training and reports. The library never imports it."""

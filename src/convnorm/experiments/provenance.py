@@ -1,0 +1,65 @@
+"""What every record carries: the code version, library versions and the machine."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from typing import Dict
+
+import torch
+
+
+def git_commit() -> str:
+    """The current commit, with ``-dirty`` when tracked files have uncommitted changes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> Dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import numpy as np
+
+        out["numpy"] = np.__version__
+    except ImportError:
+        pass
+    from convnorm import __version__
+
+    out["convnorm"] = __version__
+    if torch.cuda.is_available():
+        out["cuda"] = str(torch.version.cuda)
+    return out
+
+
+def provenance(device: torch.device) -> Dict[str, object]:
+    return {
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
