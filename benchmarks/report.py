@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ["conv+bn", "public", "convnorm", "convnorm+bn"]
+VARIANTS = ["conv+bn", "public", "convnorm", "convnorm+bn", "convnorm[fourier]"]
 
 INTRO = """# Benchmarks
 
@@ -22,7 +22,11 @@ are to Conv+BN measured in the same run. Variants:
   (full stride-1 conv, `rfft2`/`irfft2`, crop, subsample, depthwise affine, BatchNorm;
   `benchmarks/public_algorithm.py`);
 - `convnorm`: this project's `ConvNorm2d` (affine on, no BatchNorm);
-- `convnorm+bn`: `ConvNorm2d` followed by `nn.BatchNorm2d` (the paper's default block).
+- `convnorm+bn`: `ConvNorm2d` followed by `nn.BatchNorm2d` (the paper's default block);
+- `convnorm[fourier]`: `ConvNorm2d(..., algorithm="fourier")`, the same operator computed
+  in the Fourier domain (see `docs/performance.md`).
+
+A variant missing from a table was not part of that record.
 
 Train = forward + backward (+ SGD step for the whole model); eval = forward under
 `torch.no_grad()`. `saved MB` is the memory autograd keeps for backward (distinct

@@ -52,6 +52,7 @@ def layer_variants(cin, cout, k, stride) -> Dict[str, Callable[[], nn.Module]]:
         "public": lambda: PublicConvNorm2d(cin, cout, k, stride, pad),
         "convnorm": lambda: ConvNorm2d(cin, cout, k, stride, pad),
         "convnorm+bn": lambda: nn.Sequential(ConvNorm2d(cin, cout, k, stride, pad), nn.BatchNorm2d(cout)),
+        "convnorm[fourier]": lambda: ConvNorm2d(cin, cout, k, stride, pad, algorithm="fourier"),
     }
 
 
@@ -61,6 +62,7 @@ def model_variants() -> Dict[str, Callable[[], nn.Module]]:
         "public": lambda: convert_public(cifar_resnet18()),
         "convnorm": lambda: convert_convnorm(cifar_resnet18(), batchnorm="remove"),
         "convnorm+bn": lambda: convert_convnorm(cifar_resnet18()),
+        "convnorm[fourier]": lambda: convert_convnorm(cifar_resnet18(), batchnorm="remove", algorithm="fourier"),
     }
 
 
@@ -146,7 +148,7 @@ def bench_layers(device, batch, repeats, warmup) -> List[dict]:
                 if device.type == "cuda":
                     row["peak_memory_mb"] = peak_cuda_bytes(steps[name], device) / 2**20
                 rows.append(row)
-                print(f"  {row['layer']:>24} {mode:5} {name:12} {row['median_ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True)
+                print(f"  {row['layer']:>24} {mode:5} {name:18} {row['median_ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True)
     return rows
 
 
@@ -186,7 +188,7 @@ def bench_model(device, batch, repeats, warmup) -> List[dict]:
             if device.type == "cuda":
                 row["peak_memory_mb"] = peak_cuda_bytes(steps[name], device) / 2**20
             rows.append(row)
-            print(f"  resnet18 b{batch} {mode:5} {name:12} {row['median_ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True)
+            print(f"  resnet18 b{batch} {mode:5} {name:18} {row['median_ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True)
     return rows
 
 

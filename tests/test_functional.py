@@ -47,20 +47,32 @@ def test_reference_geometry_is_pytorch_conv(cfg):
     assert relative_error(got, expected) < 1e-12
 
 
-@settings(max_examples=250, deadline=None)
+def fourier_applies(cfg):
+    from convnorm.functional import _plan, _side_padding
+
+    plan = _plan(cfg["size"], cfg["kernel"], cfg["stride"], _side_padding(cfg["padding"], cfg["kernel"], cfg["dilation"]),
+                 cfg["dilation"], cfg["padding_mode"])
+    return plan.fourier_ok or not plan.active  # 1x1 kernels: the folded path, any algorithm
+
+
+@settings(max_examples=300, deadline=None)
 @given(cfg=conv_configs(), use_bias=st.booleans(), use_affine=st.booleans(),
-       eps=st.sampled_from([0.0, 1e-5, 0.1]))
-def test_conv_norm_matches_dense_reference(cfg, use_bias, use_affine, eps):
+       eps=st.sampled_from([0.0, 1e-5, 0.1]), algorithm=st.sampled_from(CF.ALGORITHMS))
+def test_conv_norm_matches_dense_reference(cfg, use_bias, use_affine, eps, algorithm):
     g = torch.Generator().manual_seed(1)
     w, x = make_weight(cfg, g), make_input(cfg, g)
     c_out, n = cfg["out_channels"], cfg["dims"]
     bias = torch.randn(c_out, generator=g, dtype=torch.float64) if use_bias else None
     affine_w = torch.randn((c_out, 1, *cfg["kernel"]), generator=g, dtype=torch.float64) if use_affine else None
     affine_b = torch.randn(c_out, generator=g, dtype=torch.float64) if use_affine else None
-    y = CF.conv_norm(
-        x, w, bias, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"],
-        padding_mode=cfg["padding_mode"], eps=eps, affine_weight=affine_w, affine_bias=affine_b,
-    )
+    args = (x, w, bias, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+    kwargs = dict(padding_mode=cfg["padding_mode"], eps=eps, affine_weight=affine_w, affine_bias=affine_b,
+                  algorithm=algorithm)
+    if algorithm == "fourier" and not fourier_applies(cfg):
+        with pytest.raises(ValueError, match="algorithm='fourier' needs"):
+            CF.conv_norm(*args, **kwargs)
+        return
+    y = CF.conv_norm(*args, **kwargs)
     dense = R.build(w.numpy(), cfg["size"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"],
                     cfg["padding_mode"], eps, None if affine_w is None else affine_w.numpy())
     expected = R.apply(dense, x.numpy(), cfg["padding_mode"],
@@ -180,23 +192,28 @@ def test_zero_padded_convnorm_channels_are_contractions(cfg):
 
 
 @pytest.mark.parametrize("mode", ["zeros", "circular", "reflect"])
-@pytest.mark.parametrize("kernel,stride", [((3, 2), (2, 1)), ((1, 1), (2, 2)), ((1, 3), (1, 2))])
-def test_gradcheck_with_gradient_through_preconditioner(mode, kernel, stride):
+@pytest.mark.parametrize("kernel,stride,algorithm", [((3, 2), (2, 1), "spatial"), ((3, 2), (2, 1), "fourier"),
+                                                     ((1, 1), (2, 2), "auto"), ((1, 3), (1, 2), "spatial")])
+def test_gradcheck_with_gradient_through_preconditioner(mode, kernel, stride, algorithm):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 2, *kernel, generator=g, dtype=torch.float64, requires_grad=True)
     a = torch.randn(4, 1, *kernel, generator=g, dtype=torch.float64, requires_grad=True)
 
+    # A circular output longer than the input wraps around it: the Fourier path refuses that.
+    padding = 0 if (algorithm == "fourier" and mode == "circular") else 1
+
     def fn(x, w, a):
-        return CF.conv_norm(x, w, None, stride, 1, 1, 2, padding_mode=mode,
-                            preconditioner_grad=True, affine_weight=a)
+        return CF.conv_norm(x, w, None, stride, padding, 1, 2, padding_mode=mode,
+                            preconditioner_grad=True, affine_weight=a, algorithm=algorithm)
 
     assert torch.autograd.gradcheck(fn, (x, w, a))
 
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate", "circular"])
-@pytest.mark.parametrize("kernel", [(3, 3), (1, 1), (2, 1)])
-def test_gradcheck_with_constant_preconditioner(mode, kernel):
+@pytest.mark.parametrize("kernel,algorithm", [((3, 3), "spatial"), ((3, 3), "fourier"), ((1, 1), "auto"),
+                                              ((2, 1), "spatial")])
+def test_gradcheck_with_constant_preconditioner(mode, kernel, algorithm):
     """Default mode: the weight gradient is the gradient with v̂ held fixed."""
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
@@ -205,13 +222,13 @@ def test_gradcheck_with_constant_preconditioner(mode, kernel):
     fixed = CF.preconditioner_spectrum(w.detach(), grid)
 
     def with_fixed(x, w):
-        return CF.conv_norm(x, w, None, 2, 1, padding_mode=mode, spectrum=fixed)
+        return CF.conv_norm(x, w, None, 2, 1, padding_mode=mode, spectrum=fixed, algorithm=algorithm)
 
     assert torch.autograd.gradcheck(with_fixed, (x, w))
     # Without an explicit spectrum the default path must give the same gradients.
     gy = torch.randn_like(with_fixed(x, w))
     expected = torch.autograd.grad(with_fixed(x, w), (x, w), gy)
-    got = torch.autograd.grad(CF.conv_norm(x, w, None, 2, 1, padding_mode=mode), (x, w), gy)
+    got = torch.autograd.grad(CF.conv_norm(x, w, None, 2, 1, padding_mode=mode, algorithm=algorithm), (x, w), gy)
     for e, r in zip(expected, got):
         assert torch.allclose(e, r, atol=1e-12)
 
@@ -234,6 +251,8 @@ def test_unbatched_input_matches_batched():
         ({"padding": "full"}, (2, 3, 8, 8), (4, 3, 3, 3), ValueError, "padding must be"),
         ({"padding": "same", "stride": 2}, (2, 3, 8, 8), (4, 3, 3, 3), ValueError, "strided"),
         ({"stride": (1, 2, 3)}, (2, 3, 8, 8), (4, 3, 3, 3), ValueError, "stride must be"),
+        ({"algorithm": "winograd"}, (2, 3, 8, 8), (4, 3, 3, 3), ValueError, "algorithm must be one of"),
+        ({"algorithm": "fourier"}, (2, 3, 8, 8), (4, 3, 1, 3), ValueError, "algorithm='fourier' needs"),
     ],
 )
 def test_bad_input_raises_named_error(kwargs, x_shape, w_shape, error, match):

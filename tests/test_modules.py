@@ -28,10 +28,15 @@ def build_module(cfg, **kwargs):
 
 
 @settings(max_examples=120, deadline=None)
-@given(cfg=conv_configs(), bias=st.booleans(), affine_init=st.sampled_from(["identity", "random"]))
-def test_module_matches_dense_reference(cfg, bias, affine_init):
+@given(cfg=conv_configs(), bias=st.booleans(), affine_init=st.sampled_from(["identity", "random"]),
+       algorithm=st.sampled_from(["auto", "spatial", "fourier"]), train=st.booleans())
+def test_module_matches_dense_reference(cfg, bias, affine_init, algorithm, train):
+    from test_functional import fourier_applies
+
+    if algorithm == "fourier" and not fourier_applies(cfg):
+        algorithm = "auto"
     torch.manual_seed(0)
-    m = build_module(cfg, bias=bias, affine_init=affine_init)
+    m = build_module(cfg, bias=bias, affine_init=affine_init, algorithm=algorithm).train(train)
     x = torch.randn((cfg["batch"], cfg["in_channels"], *cfg["size"]), dtype=torch.float64)
     with torch.no_grad():
         y = m(x)
@@ -99,6 +104,7 @@ def test_reset_parameters_restores_identity_affine():
     ({"affine_init": "zeros"}, ValueError, "affine_init"),
     ({"eps": -1.0}, ValueError, "eps"),
     ({"momentum": 2.0, "track_running_spectrum": True}, ValueError, "momentum"),
+    ({"algorithm": "fft"}, ValueError, "algorithm"),
 ])
 def test_bad_constructor_options_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -400,3 +406,20 @@ def test_torch_compile_smoke():
 
     done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "compiled ok" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("algorithm", ["spatial", "fourier"])
+def test_eval_cache_serves_both_algorithms(algorithm):
+    torch.manual_seed(0)
+    m = ConvNorm2d(4, 6, 3, stride=2, padding=1, algorithm=algorithm, dtype=torch.float64)
+    x = torch.randn(2, 4, 10, 10, dtype=torch.float64)
+    train_out = m(x)
+    m.eval()
+    with torch.no_grad():
+        first, second = m(x), m(x)
+        m.weight.mul_(-1.5)
+        changed = m(x)
+    assert torch.equal(first, second)
+    assert torch.allclose(first, train_out, atol=1e-12)
+    expected = CF.conv_norm(x, m.weight, stride=2, padding=1, affine_weight=m.affine_weight, affine_bias=m.affine_bias)
+    assert torch.allclose(changed, expected, atol=1e-12)

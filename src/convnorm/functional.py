@@ -71,18 +71,47 @@ def _side_padding(
     return tuple((p, p) for p in pads)
 
 
-def _phase_matrix(size: int, taps: int, dilation: int, onesided: bool, dtype, device) -> Tensor:
-    """exp(-2πi ω d t / N) for ω in the (one-sided) frequency range and t < taps: (ω, t)."""
+def _phase_matrix(size: int, offsets: Tensor, onesided: bool, device) -> Tensor:
+    """exp(-2πi ω o / N) for ω in the (one-sided) frequency range and integer offsets o."""
     n_freq = size // 2 + 1 if onesided else size
     omega = torch.arange(n_freq, dtype=torch.float64)
-    t = torch.arange(taps, dtype=torch.float64) * dilation
-    # Reduce ω·d·t modulo N in exact integer arithmetic before the trig functions.
-    angle = (-2 * math.pi / size) * torch.remainder(omega[:, None] * t[None, :], size)
-    return torch.polar(torch.ones_like(angle), angle).to(device=device, dtype=dtype)
+    # Reduce ω·o modulo N in exact integer arithmetic before the trig functions.
+    angle = (-2 * math.pi / size) * torch.remainder(omega[:, None] * offsets.to(torch.float64)[None, :], size)
+    return torch.polar(torch.ones_like(angle), angle).to(device=device)
 
 
-def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
+def _kernel_autocorrelation(weight: Tensor) -> Tensor:
+    """R_i[δ] = Σ_j Σ_t a_ij[t + δ] a_ij[t], in float64: (C_out, 2k_1 - 1, ..., 2k_n - 1).
+
+    Σ_j |â_ij(ω)|² is the DFT of R_i, so v̂ needs one small transform per output channel
+    instead of one per (output, input) pair.
+    """
+    c_out, c_in = weight.shape[:2]
+    kernel = weight.shape[2:]
+    taps = math.prod(kernel)
+    a = weight.to(torch.float64).reshape(c_out, c_in, taps)
+    gram = torch.bmm(a.transpose(1, 2), a)  # (C_out, t, t'): Σ_j a_ij[t] a_ij[t']
+    lag_shape = [2 * k - 1 for k in kernel]
+    index = _lag_index(tuple(kernel), weight.device)
+    auto = gram.new_zeros(c_out, math.prod(lag_shape))
+    auto = auto.index_add(1, index, gram.reshape(c_out, taps * taps))
+    return auto.reshape(c_out, *lag_shape)
+
+
+_LAG_INDEX_CACHE: dict = {}
+
+
+def _lag_index(kernel: Tuple[int, ...], device) -> Tensor:
+    """For each tap pair (t, t'), the flat index of the lag t - t' + (k - 1)."""
+    key = (kernel, str(device))
+    if key not in _LAG_INDEX_CACHE:
+        coords = torch.stack(torch.meshgrid(*[torch.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, len(kernel))
+        lag = coords[:, None, :] - coords[None, :, :] + torch.tensor(kernel) - 1  # (t, t', n)
+        flat = torch.zeros(lag.shape[:2], dtype=torch.long)
+        for m, k in enumerate(kernel):
+            flat = flat * (2 * k - 1) + lag[..., m]
+        _LAG_INDEX_CACHE[key] = flat.reshape(-1).to(device)
+    return _LAG_INDEX_CACHE[key]
 
 
 def _working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -99,20 +128,21 @@ def _spectrum(
 ) -> Tensor:
     """v̂ on ``grid``, one-sided along ``onesided_dim`` (a spatial index), full elsewhere.
 
-    A grid size of 1 yields the (constant) DC value along that dimension.
+    A grid size of 1 yields the (constant) DC value along that dimension. Computed in
+    float64 from the kernel autocorrelation, returned in the working dtype.
     """
-    real = _working_dtype(weight.dtype)
-    a = weight.to(real).to(_complex_dtype(real))  # (C_out, C_in/g, k_1, ..., k_n)
     n = weight.dim() - 2
+    power = _kernel_autocorrelation(weight).to(torch.complex128)
     for m in range(n):
-        phase = _phase_matrix(
-            grid[m], weight.shape[2 + m], dilation[m], m == onesided_dim, a.dtype, a.device
-        )
-        # Contract the tap axis of dimension m with its phase matrix; the frequency axis
+        k = weight.shape[2 + m]
+        lags = torch.arange(-(k - 1), k) * dilation[m]
+        phase = _phase_matrix(grid[m], lags, m == onesided_dim, weight.device)
+        # Contract the lag axis of dimension m with its phase matrix; the frequency axis
         # takes its place.
-        a = torch.movedim(torch.tensordot(a, phase, dims=([2 + m], [1])), -1, 2 + m)
-    power = (a.real.square() + a.imag.square()).sum(dim=1)
-    return torch.rsqrt(power + eps)
+        power = torch.movedim(torch.tensordot(power, phase, dims=([1 + m], [1])), -1, 1 + m)
+    # The DFT of an even real sequence is real and Σ|â|² >= 0; clamp rounding below 0.
+    power = power.real.clamp_min(0.0)
+    return torch.rsqrt(power + eps).to(_working_dtype(weight.dtype))
 
 
 def preconditioner_spectrum(
@@ -163,6 +193,11 @@ class _Plan:
     active: Tuple[int, ...]  # spatial dims that need the FFT
     output_index: Tuple[Union[slice, Tensor], ...]  # picks the output from the grid
     out_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    # For the Fourier algorithm: output position j is grid position (s j - shift) mod N of
+    # the circular correlation of the input placed at the grid's origin.
+    shift: Tuple[int, ...]
+    fourier_ok: bool
 
 
 def _plan(
@@ -246,7 +281,14 @@ def _plan(
                 grid.append(size[m] + 2 * pad_left - span[m])
                 start = pad_left - pl
                 output_index.append(slice(start, start + (out_size[m] - 1) * stride[m] + 1, stride[m]))
+    shift = tuple(padding[m][0] for m in range(n))
+    fourier_ok = len(active) == n and all(
+        (out_size[m] - 1) * stride[m] < grid[m] for m in range(n)
+    )
     return _Plan(
+        stride=tuple(stride),
+        shift=shift,
+        fourier_ok=fourier_ok,
         prepad=prepad,
         wrap_pad=wrap_pad,
         wrap_index=tuple(wrap_index),
@@ -301,15 +343,145 @@ def _check_input(input: Tensor, weight: Tensor, groups: int) -> None:
         )
 
 
-def _apply_spectrum(c: Tensor, spectrum: Tensor, plan: _Plan) -> Tensor:
-    """irfftn(v̂ · rfftn(c)) over the active spatial dims of ``c`` (B, C_out, *grid)."""
-    dims = [2 + m for m in plan.active]
+def _precondition(c: Tensor, spectrum: Tensor, dims: Sequence[int]) -> Tensor:
+    """irfftn(v̂ · rfftn(c)) over ``dims`` of ``c``, in float32 (float64 for float64 input).
+
+    The inverse runs as 1D passes (``ifft`` over the leading dims, then ``irfft``): the same
+    numbers as ``irfftn``, several times faster on CPU for sizes that are not powers of 2.
+    """
     sizes = [c.shape[d] for d in dims]
     real = _working_dtype(c.dtype)
     # FFTs run outside autocast: cuFFT/pocketfft in half precision are limited or absent.
     with torch.autocast(device_type=c.device.type, enabled=False):
-        spec = torch.fft.rfftn(c.to(real), dim=dims)
-        return torch.fft.irfftn(spec * spectrum.to(real), s=sizes, dim=dims)
+        spec = torch.fft.rfftn(c.to(real), dim=dims) * spectrum.to(real)
+        for d in dims[:-1]:
+            spec = torch.fft.ifft(spec, dim=d)
+        return torch.fft.irfft(spec, n=sizes[-1], dim=dims[-1])
+
+
+class _Precondition(torch.autograd.Function):
+    """y = S P c, with P the (symmetric) preconditioner and S a crop/stride selection.
+
+    P is real, symmetric and fixed (no gradient to v̂), so the input gradient is
+    P Sᵀ g: one more application of the forward transform, and nothing but v̂ is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, c: Tensor, spectrum: Tensor, dims: Tuple[int, ...], index: Tuple[slice, ...]) -> Tensor:
+        ctx.save_for_backward(spectrum)
+        ctx.dims, ctx.index, ctx.grid_shape, ctx.c_dtype = dims, index, c.shape, c.dtype
+        out = _precondition(c, spectrum, dims)
+        if all(i == slice(None) for i in index):
+            return out
+        # A fresh tensor, not a view: callers may modify it in place (ReLU(inplace=True)).
+        return out[(Ellipsis, *index)].clone(memory_format=torch.contiguous_format)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (spectrum,) = ctx.saved_tensors
+        full = grad.new_zeros(ctx.grid_shape)
+        full[(Ellipsis, *ctx.index)] = grad
+        return _precondition(full, spectrum, ctx.dims).to(ctx.c_dtype), None, None, None
+
+
+_TAP_PHASE_CACHE: dict = {}
+
+
+def _tap_phases(plan: _Plan, kernel: Sequence[int], dilation: Sequence[int], device) -> Tensor:
+    """Real table (taps, 2, F): cos and -sin of 2π ω·(shift - d t)/N for every tap t and
+    every frequency ω of the one-sided grid, i.e. the real and imaginary parts of
+    e^{-2πi ω·(shift - d t)/N}."""
+    key = (plan.grid, plan.shift, tuple(kernel), tuple(dilation), str(device))
+    table = _TAP_PHASE_CACHE.get(key)
+    if table is None:
+        n = len(kernel)
+        phase = torch.ones((1, 1), dtype=torch.complex128)
+        for m in range(n):
+            offsets = plan.shift[m] - torch.arange(kernel[m]) * dilation[m]
+            pm = _phase_matrix(plan.grid[m], offsets, m == n - 1, "cpu")  # (F_m, k_m)
+            # Row-major over taps and frequencies, as the weight and rfftn lay them out.
+            phase = (phase[:, None, :, None] * pm.T[None, :, None, :]).reshape(
+                phase.shape[0] * kernel[m], phase.shape[1] * pm.shape[0]
+            )
+        table = torch.stack([phase.real, phase.imag], dim=1).to(device)
+        if len(_TAP_PHASE_CACHE) > 256:
+            _TAP_PHASE_CACHE.clear()
+        _TAP_PHASE_CACHE[key] = table
+    return table
+
+
+def _spectral_weight(
+    weight: Tensor, spectrum: Tensor, plan: _Plan, dilation: Sequence[int], groups: int
+) -> Tensor:
+    """Ŵ_ij(ω) = v̂_i(ω) conj(â_ij(ω)) e^{-2πi ω·shift/N} as real and imaginary parts.
+
+    Returns ``(2, F * groups, C_in/g, C_out/g)``: per frequency (and group) the matrix
+    that maps the input's spectrum to the normalized output's spectrum (before the output
+    selection). One real GEMM over the taps builds it.
+    """
+    c_out, c_in_g = weight.shape[:2]
+    real = _working_dtype(weight.dtype)
+    table = _tap_phases(plan, weight.shape[2:], dilation, weight.device).to(real)  # (K, 2, F)
+    taps, _, n_freq = table.shape
+    w = weight.to(real).reshape(c_out * c_in_g, taps) @ table.reshape(taps, 2 * n_freq)
+    w = w.reshape(c_out, c_in_g, 2, n_freq) * spectrum.to(real).reshape(c_out, 1, 1, n_freq)
+    c_out_g = c_out // groups
+    w = w.reshape(groups, c_out_g, c_in_g, 2, n_freq).permute(3, 4, 0, 2, 1)
+    return w.reshape(2, n_freq * groups, c_in_g, c_out_g).contiguous()
+
+
+def _fourier_conv_norm(x: Tensor, spectral_weight: Tensor, plan: _Plan, groups: int) -> Tensor:
+    """The normalized conv computed in the Fourier domain: S irfftn(Ŵ x̂).
+
+    Exact (up to float rounding) like the spatial algorithm, but the convolution becomes
+    one small complex matrix product per frequency (as real GEMMs), and a stride s that
+    divides the grid folds the spectrum (aliasing) so the inverse transform runs on the
+    subsampled grid.
+    """
+    n = len(plan.grid)
+    dims = tuple(range(2, 2 + n))
+    real = _working_dtype(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = torch.fft.rfftn(x.to(real), s=plan.grid, dim=dims)  # (B, C_in, *F)
+        b, c_in = xf.shape[:2]
+        freq_shape = xf.shape[2:]
+        n_freq = math.prod(freq_shape)
+        c_in_g = c_in // groups
+        # (B, C_in, F) complex -> (F * g, [re; im] x B, C_in/g) real
+        xr = torch.view_as_real(xf).reshape(b, groups, c_in_g, n_freq, 2)
+        xr = xr.permute(3, 1, 4, 0, 2).reshape(n_freq * groups, 2 * b, c_in_g).contiguous()
+        w_re, w_im = spectral_weight.to(real).unbind(0)
+        p, q = torch.bmm(xr, w_re), torch.bmm(xr, w_im)  # (F g, 2B, C_out/g)
+        y_re = p[:, :b] - q[:, b:]
+        y_im = q[:, :b] + p[:, b:]
+        c_out_g = y_re.shape[-1]
+        y = torch.stack([y_re, y_im], dim=-1).reshape(n_freq, groups, b, c_out_g, 2)
+        y = y.permute(2, 1, 3, 0, 4).reshape(b, groups * c_out_g, *freq_shape, 2)
+        spec = torch.view_as_complex(y)
+        # Subsample along the full-spectrum dims by folding aliases, then invert them.
+        for m in range(n - 1):
+            d, size, s = 2 + m, plan.grid[m], plan.stride[m]
+            if s > 1 and size % s == 0:
+                spec = spec.unflatten(d, (s, size // s)).mean(dim=d)
+                spec = torch.fft.ifft(spec, dim=d)
+            else:
+                spec = torch.fft.ifft(spec, dim=d)
+                if s > 1:
+                    spec = spec[(slice(None),) * d + (slice(None, None, s),)]
+            spec = spec.narrow(d, 0, plan.out_size[m])
+        out = torch.fft.irfft(spec, n=plan.grid[-1], dim=dims[-1])
+        last = (slice(0, (plan.out_size[-1] - 1) * plan.stride[-1] + 1, plan.stride[-1]),)
+        return out[(Ellipsis,) + last]
+
+
+def _apply_spectrum(c: Tensor, spectrum: Tensor, plan: _Plan) -> Tensor:
+    """S P c: the preconditioner over the active spatial dims of ``c`` (B, C_out, *grid),
+    then the output selection (crop, stride, circular wrap) of ``plan``."""
+    dims = tuple(2 + m for m in plan.active)
+    slices_only = all(isinstance(i, slice) for i in plan.output_index)
+    if slices_only and not spectrum.requires_grad:
+        return _Precondition.apply(c, spectrum, dims, plan.output_index)
+    return _select(_precondition(c, spectrum, dims), plan.output_index)
 
 
 def _select(x: Tensor, index: Sequence[Union[slice, Tensor]]) -> Tensor:
@@ -336,6 +508,7 @@ def conv_norm(
     preconditioner_grad: bool = False,
     affine_weight: Optional[Tensor] = None,
     affine_bias: Optional[Tensor] = None,
+    algorithm: str = "auto",
 ) -> Tensor:
     """Normalized convolution: ``conv{n}d`` followed by the ConvNorm preconditioner.
 
@@ -356,6 +529,14 @@ def conv_norm(
         affine_weight: optional per-channel kernel ``(C_out, 1, *kernel)`` applied to the
             normalized output as a depthwise correlation with 'same' zero padding.
         affine_bias: optional ``(C_out,)``, the affine kernel's bias.
+        algorithm: how to compute the same operator. ``'spatial'``: the conv on the
+            normalization grid, then ``irfftn(v̂ · rfftn(·))``. ``'fourier'``: the whole
+            layer in the Fourier domain, one complex matrix product per frequency with
+            ``v̂`` folded into the kernel spectrum and the stride folded into the spectrum
+            (needs a kernel with more than one tap along every dim; a 1x1 kernel is a
+            folded weight normalization under every algorithm). ``'auto'`` (default)
+            is currently ``'spatial'``, the faster one in this project's CPU benchmarks.
+            See ``docs/performance.md``.
 
     The result is ``affine(P c) + affine_bias + bias`` where ``c`` is the conv output
     without bias and ``P`` the preconditioner.
@@ -375,7 +556,7 @@ def conv_norm(
             input.unsqueeze(0), weight, bias, stride, padding, dilation, groups,
             padding_mode=padding_mode, eps=eps, spectrum=spectrum,
             preconditioner_grad=preconditioner_grad, affine_weight=affine_weight,
-            affine_bias=affine_bias,
+            affine_bias=affine_bias, algorithm=algorithm,
         ).squeeze(0)
     kernel = tuple(weight.shape[2:])
     stride_t = _tuple(stride, n, "stride")
@@ -390,7 +571,7 @@ def conv_norm(
         spectrum = _planned_layout(spectrum, plan)
     return _conv_norm_planned(
         input, weight, bias, plan, padding_mode, dilation_t, groups, eps, spectrum,
-        preconditioner_grad, affine_weight, affine_bias,
+        preconditioner_grad, affine_weight, affine_bias, algorithm,
     )
 
 
@@ -408,6 +589,25 @@ def _planned_layout(spectrum: Tensor, plan: _Plan) -> Tensor:
     return spectrum.narrow(1 + last, 0, plan.grid[last] // 2 + 1)
 
 
+ALGORITHMS = ("auto", "spatial", "fourier")
+
+
+def _use_fourier(algorithm: str, plan: _Plan) -> bool:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm != "fourier" or not plan.active:
+        # 'auto' is the spatial algorithm: it measured faster on CPU for every ResNet-18
+        # layer shape (benchmarks/README.md); the Fourier one is unmeasured on GPUs yet.
+        return False
+    if not plan.fourier_ok:
+        raise ValueError(
+            "algorithm='fourier' needs a kernel with more than one tap along every spatial dim "
+            "and, for padding_mode='circular', an output that does not wrap around the input; "
+            "use 'auto' or 'spatial'"
+        )
+    return True
+
+
 def _conv_norm_planned(
     input: Tensor,
     weight: Tensor,
@@ -421,20 +621,32 @@ def _conv_norm_planned(
     preconditioner_grad: bool,
     affine_weight: Optional[Tensor] = None,
     affine_bias: Optional[Tensor] = None,
+    algorithm: str = "auto",
+    spectral_weight: Optional[Tensor] = None,
 ) -> Tensor:
     """conv_norm for a batched input whose geometry is already planned.
 
-    ``spectrum`` is in the layout of :func:`spectrum_for_plan`.
+    ``spectrum`` is in the layout of :func:`spectrum_for_plan`; ``spectral_weight`` (for
+    the Fourier algorithm, when it needs no gradient) from :func:`_spectral_weight`.
     """
     n = weight.dim() - 2
     x = input
     if plan.prepad is not None:
         x = F.pad(x, plan.prepad, mode=padding_mode)
+    out_bias = _sum_optional(bias, affine_bias)
+
+    if _use_fourier(algorithm, plan):
+        if spectral_weight is None:
+            if spectrum is None:
+                spectrum = spectrum_for_plan(weight, plan, dilation, eps, preconditioner_grad)
+            spectral_weight = _spectral_weight(weight, spectrum, plan, dilation, groups)
+        out = _fourier_conv_norm(x, spectral_weight, plan, groups)
+        return _finish(out, input, n, affine_weight, out_bias)
+
     if plan.wrap_pad is not None:
         x = F.pad(x, plan.wrap_pad, mode="circular")
     for m, index in plan.wrap_index:
         x = x.index_select(2 + m, index.to(x.device))
-    out_bias = _sum_optional(bias, affine_bias)
 
     if not plan.active:
         # Single-tap kernel: v̂_i is the constant (Σ_j w_ij² + eps)^(-1/2); fold it (and a
@@ -451,11 +663,15 @@ def _conv_norm_planned(
     c = _CONV[n](x, weight, None, plan.conv_stride, plan.conv_padding, dilation, groups)
     if spectrum is None:
         spectrum = spectrum_for_plan(weight, plan, dilation, eps, preconditioner_grad)
-    out = _select(_apply_spectrum(c, spectrum, plan), plan.output_index)
+    return _finish(_apply_spectrum(c, spectrum, plan), input, n, affine_weight, out_bias)
+
+
+def _finish(out: Tensor, input: Tensor, n: int, affine_weight: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
+    """Affine kernel, then the summed biases; back to the input dtype."""
     if affine_weight is not None:
         out = _affine(out, affine_weight)
-    if out_bias is not None:
-        out = out + out_bias.to(out.dtype).reshape((-1,) + (1,) * n)
+    if bias is not None:
+        out = out + bias.to(out.dtype).reshape((-1,) + (1,) * n)
     return out.to(input.dtype)
 
 

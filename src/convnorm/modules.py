@@ -58,11 +58,14 @@ class _ConvNormNd:
         preconditioner_grad: bool = False,
         track_running_spectrum: bool = False,
         momentum: Optional[float] = None,
+        algorithm: str = "auto",
     ) -> None:
         if padding_mode not in CF.PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {CF.PADDING_MODES}, got {padding_mode!r}")
         if affine_init not in _AFFINE_INITS:
             raise ValueError(f"affine_init must be one of {_AFFINE_INITS}, got {affine_init!r}")
+        if algorithm not in CF.ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {CF.ALGORITHMS}, got {algorithm!r}")
         if not eps >= 0:
             raise ValueError(f"eps must be non-negative, got {eps}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
@@ -78,6 +81,7 @@ class _ConvNormNd:
         self.preconditioner_grad = preconditioner_grad
         self.track_running_spectrum = track_running_spectrum
         self.momentum = momentum
+        self.algorithm = algorithm
         if affine:
             self.affine_weight = nn.Parameter(torch.empty(out_channels, 1, *self.kernel_size, **factory))
             self.affine_bias = nn.Parameter(torch.empty(out_channels, **factory))
@@ -153,10 +157,11 @@ class _ConvNormNd:
             CF._side_padding(self.padding, self.kernel_size, self.dilation), self.dilation,
             self.padding_mode,
         )
+        spectrum = self._spectrum(plan)
         out = CF._conv_norm_planned(
             input, self.weight, self.bias, plan, self.padding_mode, self.dilation, self.groups,
-            self.eps, self._spectrum(plan), self.preconditioner_grad, self.affine_weight,
-            self.affine_bias,
+            self.eps, spectrum, self.preconditioner_grad, self.affine_weight, self.affine_bias,
+            self.algorithm, self._spectral_weight(plan, spectrum),
         )
         if n in (2, 3):
             fmt = torch.channels_last if n == 2 else torch.channels_last_3d
@@ -201,6 +206,22 @@ class _ConvNormNd:
         spectrum = CF.spectrum_for_plan(w, plan, self.dilation, self.eps, False)
         self._spectrum_cache[key] = (stamp, spectrum)
         return spectrum
+
+    def _spectral_weight(self, plan, spectrum: Tensor) -> Optional[Tensor]:
+        """The Fourier algorithm's per-frequency weight, cached when no gradient is needed."""
+        if not CF._use_fourier(self.algorithm, plan):
+            return None
+        if (torch.is_grad_enabled() and self.weight.requires_grad) or spectrum.requires_grad or _is_compiling():
+            return None  # built inside the autograd graph by the functional
+        w = self.weight
+        key = ("spectral_weight", plan.grid, plan.shift, w.device, w.dtype, self.eps)
+        stamp = (w._version, w.data_ptr(), spectrum._version, spectrum.data_ptr())
+        hit = self._spectrum_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = CF._spectral_weight(w, spectrum, plan, self.dilation, self.groups)
+        self._spectrum_cache[key] = (stamp, value)
+        return value
 
     def clear_spectrum_cache(self) -> None:
         """Forget cached spectra (needed only after writing the weight through ``.data``)."""
@@ -261,6 +282,8 @@ class _ConvNormNd:
             s += ", preconditioner_grad=True"
         if self.track_running_spectrum:
             s += f", track_running_spectrum=True, momentum={self.momentum}"
+        if self.algorithm != "auto":
+            s += f", algorithm={self.algorithm!r}"
         return s
 
 
@@ -287,6 +310,8 @@ class ConvNorm1d(_ConvNormNd, nn.Conv1d):
             current weights' v̂ and warns once).
         momentum: EMA factor for the running average; ``None`` uses the paper's cosine
             ramp-down from 1 to 0.01 over 40,000 steps.
+        algorithm: ``'auto'``, ``'spatial'`` or ``'fourier'``: two exact ways to compute
+            the same operator (see :func:`convnorm.functional.conv_norm`).
 
     Shape:
         - Input: ``(B, C_in, L)`` or ``(C_in, L)``.
