@@ -30,6 +30,8 @@ from torch import Tensor
 
 __all__ = [
     "PADDING_MODES",
+    "ALGORITHMS",
+    "kernel_dft",
     "preconditioner_spectrum",
     "spectrum_grid_size",
     "conv_norm",
@@ -143,6 +145,25 @@ def _spectrum(
     # The DFT of an even real sequence is real and Σ|â|² >= 0; clamp rounding below 0.
     power = power.real.clamp_min(0.0)
     return torch.rsqrt(power + eps).to(_working_dtype(weight.dtype))
+
+
+def kernel_dft(weight: Tensor, grid_size: _IntOrTuple, *, dilation: _IntOrTuple = 1) -> Tensor:
+    """The DFT â of every kernel on a circular grid: ``(C_out, C_in/g, N_1, ..., N_n)``.
+
+    ``â_ij(ω) = Σ_t a_ij[t] exp(-2πi ω·(d t)/N)``: the kernel dilated, zero-padded (or
+    wrapped, if longer than the grid) to ``grid_size``. Complex128 for a float64 weight,
+    complex64 otherwise; differentiable.
+    """
+    n = weight.dim() - 2
+    grid = _tuple(grid_size, n, "grid_size")
+    dil = _tuple(dilation, n, "dilation")
+    real = _working_dtype(weight.dtype)
+    a = weight.to(real).to(torch.complex128 if real == torch.float64 else torch.complex64)
+    for m in range(n):
+        offsets = torch.arange(weight.shape[2 + m]) * dil[m]
+        phase = _phase_matrix(grid[m], offsets, False, weight.device).to(a.dtype)
+        a = torch.movedim(torch.tensordot(a, phase, dims=([2 + m], [1])), -1, 2 + m)
+    return a
 
 
 def preconditioner_spectrum(
