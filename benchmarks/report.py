@@ -81,9 +81,27 @@ def layer_table(rec):
     return lines
 
 
+def epoch_time_table(rec):
+    lines = ["| dataset | method | ms / step | s / epoch (extrapolated) | ratio to bn |", "|---|---|---|---|---|"]
+    for r in rec["rows"]:
+        size = "x".join(str(s) for s in r["input"])
+        lines.append(f"| {r['dataset']} ({r['train_size']} x {size}) | {r['method']} | {r['step_ms']:.1f} | "
+                     f"{r['epoch_s']:.1f} | {r['ratio_to_bn']:.2f} |")
+    return lines
+
+
 def render(records) -> str:
     out = [INTRO]
     for rec in records:
+        if rec.get("benchmark") == "small-resnet-epoch-time":
+            cfg = rec["config"]
+            out.append(f"## Small ResNet training time per epoch — {rec['device']}\n")
+            out.append(f"Record `results/{rec['_file']}`: commit `{rec['git_commit'][:12]}`, torch "
+                       f"{rec['versions']['torch']}, {rec['date']}, batch {cfg['batch']}, {cfg['repeats']} repeats "
+                       f"of {cfg['steps']} steps. {rec['note']}.\n")
+            out += epoch_time_table(rec)
+            out.append("")
+            continue
         title = rec["device"] + (f" — {rec['label']}" if rec.get("label") else "")
         cfg = rec["config"]
         out.append(f"## {title}\n")

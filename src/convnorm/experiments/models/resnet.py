@@ -100,13 +100,19 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels)
+_STANDARD_WIDTHS = (64, 128, 256, 512)
 
 
-def cifar_resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels)
+def cifar_resnet18(num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = _STANDARD_WIDTHS) -> ResNet:
+    """ResNet-18 (BasicBlocks 2-2-2-2). ``(B, in_channels, H, W) -> (B, num_classes)``."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, widths)
 
 
-def cifar_resnet50(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
+def cifar_resnet34(num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = _STANDARD_WIDTHS) -> ResNet:
+    """ResNet-34 (BasicBlocks 3-4-6-3). ``(B, in_channels, H, W) -> (B, num_classes)``."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, widths)
+
+
+def cifar_resnet50(num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = _STANDARD_WIDTHS) -> ResNet:
+    """ResNet-50 (Bottlenecks 3-4-6-3, 4x expansion). ``(B, in_channels, H, W) -> (B, num_classes)``."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, widths)

@@ -1,0 +1,153 @@
+"""One registry of the normalization methods the experiments compare, selected by name.
+
+Every method starts from a model built with plain ``Conv + BatchNorm`` blocks (the models of
+:mod:`convnorm.experiments.models`, or any model of standard layers) and converts it:
+
+==============  ===========================================================================
+``plain``       convs only: every BatchNorm becomes ``nn.Identity``
+``bn``          the model as built (Conv + BN)
+``convnorm``    ConvNorm instead of Conv, BatchNorm removed
+``convnorm+bn`` ConvNorm followed by BatchNorm (the paper's default block)
+``sn``          ``torch.nn.utils.parametrizations.spectral_norm`` on every conv, BN kept
+``oni``         every ``nn.Conv2d`` replaced by :class:`ONIConv2d` (same weights), BN kept
+``ocnn``        the model as built (Conv + BN) plus the OCNN orthogonality loss term
+==============  ===========================================================================
+
+Only convolutions (and, where said, BatchNorm) change: linear layers, the classifier
+included, are left alone by every method, so that the methods differ in the conv layers
+only (ConvNorm has no linear counterpart to compare with).
+
+Conversions work in place, like :func:`convnorm.convert_convnorm` and
+``nn.SyncBatchNorm.convert_sync_batchnorm`` (children are replaced, the possibly new root is
+returned): ``copy.deepcopy`` the model first to keep the original. They walk the module
+tree generically, so they need no layer names. A conv is converted only if its type is
+exactly ``nn.Conv2d`` (``nn.Conv1d/3d`` too for ``convnorm``, ``convnorm+bn`` and ``sn``):
+subclasses define other operators and are left alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+from convnorm import convert_convnorm
+from convnorm.experiments.baselines import ONIConv2d, ocnn_loss
+
+__all__ = ["METHODS", "Method", "apply_method"]
+
+METHODS = ("plain", "bn", "convnorm", "convnorm+bn", "sn", "oni", "ocnn")
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Method:
+    """A model converted to one normalization method.
+
+    Attributes:
+        name: the method's name (one of :data:`METHODS`).
+        model: the converted model (the input model, changed in place, or a new root).
+        regularizer: ``None``, or a function of no arguments returning the scalar loss term
+            to add to the task loss at each step (OCNN); it reads the model's current weights.
+        options: the method's options as applied (defaults filled in), for records.
+    """
+
+    name: str
+    model: nn.Module
+    regularizer: Optional[Callable[[], Tensor]] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+def _replace(module: nn.Module, fn: Callable[[nn.Module], Optional[nn.Module]]) -> nn.Module:
+    """Replace every module ``m`` (root included) for which ``fn(m)`` is not None, recursively.
+
+    A replaced module's children are not visited (the replacement is final).
+    """
+    new = fn(module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        replaced = _replace(child, fn)
+        if replaced is not child:
+            module.add_module(name, replaced)
+    return module
+
+
+def _remove_batchnorm(m: nn.Module) -> Optional[nn.Module]:
+    return nn.Identity() if isinstance(m, nn.modules.batchnorm._BatchNorm) else None
+
+
+def _no_options(name: str, options: Dict[str, Any]) -> None:
+    if options:
+        raise TypeError(f"method {name!r} takes no options, got {sorted(options)}")
+
+
+def _take(name: str, options: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"method {name!r} got unexpected options {sorted(unknown)}; it accepts {sorted(defaults)}")
+    return {**defaults, **options}
+
+
+def apply_method(model: nn.Module, method: str, **options) -> Method:
+    """Convert ``model`` (built with Conv + BN) to the normalization ``method``.
+
+    Args:
+        model: any ``nn.Module`` built from standard layers; changed in place.
+        method: one of :data:`METHODS`.
+        **options: per method:
+
+            - ``plain``, ``bn``: none.
+            - ``convnorm``, ``convnorm+bn``: keyword options of the ConvNorm layers
+              (``affine``, ``affine_init``, ``eps``, ``preconditioner_grad``, ...), passed to
+              :func:`convnorm.convert_convnorm`.
+            - ``sn``: ``n_power_iterations=1``, ``eps=1e-12`` (of ``spectral_norm``). It
+              divides the weight reshaped to ``(C_out, C_in / groups * k_h * k_w)`` by that
+              matrix's largest singular value (Miyato et al.), not by the conv operator norm.
+            - ``oni``: ``T=5``, ``scale_init=1.414``, ``learn_scale=True``, ``eps=1e-5``,
+              ``centre=True`` (see :class:`ONIConv2d`).
+            - ``ocnn``: ``weight=1.0``: the regularizer returns ``weight`` times
+              :func:`~convnorm.experiments.baselines.ocnn_loss` of the model (the OCNN public
+              code used 0.1 times the unsquared distance).
+
+    Returns:
+        a :class:`Method` with the converted model and, for ``ocnn``, its regularizer.
+
+    Raises:
+        ValueError: unknown ``method``.
+        TypeError: an option the method does not take.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)}")
+    options = dict(options)
+    regularizer = None
+    if method == "plain":
+        _no_options(method, options)
+        model = _replace(model, _remove_batchnorm)
+    elif method == "bn":
+        _no_options(method, options)
+    elif method in ("convnorm", "convnorm+bn"):
+        model = convert_convnorm(model, batchnorm="remove" if method == "convnorm" else "keep", **options)
+    elif method == "sn":
+        options = _take(method, options, {"n_power_iterations": 1, "eps": 1e-12})
+
+        def to_sn(m: nn.Module) -> Optional[nn.Module]:
+            if type(m) in _CONVS and not parametrize.is_parametrized(m, "weight"):
+                return spectral_norm(m, "weight", options["n_power_iterations"], options["eps"])
+            return None
+
+        model = _replace(model, to_sn)
+    elif method == "oni":
+        options = _take(method, options, {"T": 5, "scale_init": 1.414, "learn_scale": True, "eps": 1e-5, "centre": True})
+        model = _replace(model, lambda m: ONIConv2d.from_conv2d(m, **options) if type(m) is nn.Conv2d else None)
+    else:  # ocnn
+        options = _take(method, options, {"weight": 1.0})
+        converted, weight = model, float(options["weight"])
+
+        def regularizer() -> Tensor:
+            return weight * ocnn_loss(converted)
+
+    return Method(name=method, model=model, regularizer=regularizer, options=options)
