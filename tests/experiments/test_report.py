@@ -1,0 +1,66 @@
+"""`convnorm report`: tables from records, byte-identical on regeneration."""
+import json
+import math
+
+import pytest
+
+from convnorm.experiments.records import write_json
+from convnorm.experiments.report import build_report, format_mean_std, mean_std
+
+
+def fake_run(method, noise_rate, seed, acc, best, frac=1.0, noise="symmetric"):
+    cfg = dict(dataset="fashion-mnist", model="small_resnet", method=method, epochs=3, batch_size=128, lr=0.05,
+               schedule="cosine", weight_decay=5e-4, augment=False, noise=noise if noise_rate else "none",
+               noise_rate=noise_rate, train_fraction=frac, seed=seed)
+    epochs = [dict(epoch=e + 1, test_acc=acc - 0.01 * (2 - e), memorized_noisy=0.1 * e if noise_rate else None,
+                   val_acc=0.5 + 0.1 * e) for e in range(3)]
+    return dict(kind="train", status="complete", config=cfg, seed=seed, epochs=epochs, final_test_acc=acc,
+                best_val_test_acc=best, provenance={})
+
+
+def write_runs(folder):
+    runs = [fake_run("bn", 0.0, 0, 0.90, 0.91), fake_run("bn", 0.0, 1, 0.92, 0.93),
+            fake_run("convnorm", 0.0, 0, 0.89, 0.90), fake_run("bn", 0.4, 0, 0.80, 0.85),
+            fake_run("convnorm", 0.4, 0, 0.82, 0.86), fake_run("bn", 0.0, 0, 0.70, 0.71, frac=0.1),
+            fake_run("convnorm", 0.0, 0, 0.72, 0.73, frac=0.1), fake_run("bn", 0.4, 0, 0.6, 0.7, noise="asymmetric")]
+    for i, r in enumerate(runs):
+        write_json(str(folder / f"run{i}.json"), r)
+    running = fake_run("sn", 0.0, 0, 0.5, 0.5)
+    running["status"] = "running"
+    write_json(str(folder / "running.json"), running)
+
+
+def test_mean_std_is_the_sample_statistic():
+    mean, std = mean_std([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert math.isnan(mean_std([3.0])[1])
+    assert format_mean_std([0.9, 0.92]) == "91.00 ± 1.41"
+    assert format_mean_std([0.9]) == "90.00"
+
+
+def test_report_tables_come_from_records(tmp_path):
+    write_runs(tmp_path)
+    text = open(build_report(str(tmp_path))).read()
+    assert "| bn | 91.00 ± 1.41 / 92.00 ± 1.41 (2) | 80.00 / 85.00 (1) | 60.00 / 70.00 (1) |" in text
+    assert "| convnorm | 89.00 / 90.00 (1) | 82.00 / 86.00 (1) | — |" in text
+    assert "| bn | 70.00 / 71.00 (1) | 91.00 ± 1.41 / 92.00 ± 1.41 (2) |" in text  # per data fraction
+    assert "1 training run(s) not complete" in text
+    assert (tmp_path / "figures").is_dir() and any(p.suffix == ".png" for p in (tmp_path / "figures").iterdir())
+
+
+def test_report_is_byte_identical_when_regenerated(tmp_path):
+    write_runs(tmp_path)
+    path = build_report(str(tmp_path))
+    first = {p.name: p.read_bytes() for p in (tmp_path / "figures").iterdir()}
+    first["README.md"] = open(path, "rb").read()
+    build_report(str(tmp_path))
+    second = {p.name: p.read_bytes() for p in (tmp_path / "figures").iterdir()}
+    second["README.md"] = open(path, "rb").read()
+    assert first == second
+
+
+def test_corrupt_record_is_named(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        build_report(str(tmp_path))
