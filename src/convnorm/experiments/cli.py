@@ -128,6 +128,45 @@ def _add_train(sub) -> None:
     COMMANDS["train"] = run
 
 
+def _add_study(sub) -> None:
+    from convnorm.experiments.studies import STUDIES
+
+    p = sub.add_parser("study", help="run a named grid of training runs (resumable; skips finished runs)",
+                       description="Run every config of a study in order. Finished runs are skipped and an "
+                                   "interrupted run resumes, so rerun the same command until nothing is left. "
+                                   "Studies: " + ", ".join(STUDIES) + ".")
+    p.add_argument("name", choices=sorted(STUDIES))
+    p.add_argument("--list", action="store_true", help="print the runs and their state, train nothing")
+    p.add_argument("--out", help="record folder (default: results/<name>)")
+    p.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/<name>)")
+    p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    def run(args) -> int:
+        import dataclasses
+
+        from convnorm.experiments.records import read_json
+        from convnorm.experiments.studies import study_configs
+        from convnorm.experiments.train import run_name, train
+
+        out = args.out or os.path.join("results", args.name)
+        ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
+        configs = [dataclasses.replace(c, data_root=args.data_root) for c in study_configs(args.name)]
+        if args.list:
+            for c in configs:
+                path = os.path.join(out, run_name(c) + ".json")
+                state = read_json(path).get("status", "?") if os.path.exists(path) else "not started"
+                print(f"{state:12s} {run_name(c)}")
+            return 0
+        for i, c in enumerate(configs):
+            print(f"[{i + 1}/{len(configs)}] {run_name(c)}", flush=True)
+            train(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+        print(f"study {args.name}: all {len(configs)} runs complete; `convnorm report` builds the tables")
+        return 0
+
+    COMMANDS["study"] = run
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="tables and plots from a folder of records",
                        description="Write <folder>/README.md and <folder>/figures/*.png from the JSON records under "
@@ -154,7 +193,7 @@ def _add_prepare(sub) -> None:
     def run(args) -> int:
         from convnorm.experiments.data import prepare_cifar10
 
-        print(f"CIFAR-10 ready in {prepare_cifar10(args.data_root, tarball=args.tarball)}")
+        print(f"CIFAR-10 ready in {prepare_cifar10(args.data_root, tarball=args.tarball, progress=print)}")
         return 0
 
     COMMANDS["prepare"] = run
@@ -199,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scarce data, adversarial robustness, GANs, and reports generated from records.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_report, _add_prepare, _add_spectral):
+    for add in (_add_demo, _add_train, _add_study, _add_report, _add_prepare, _add_spectral):
         add(sub)
     return parser
 
