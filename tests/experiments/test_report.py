@@ -46,6 +46,8 @@ def test_report_tables_come_from_records(tmp_path):
     assert "| convnorm | 89.00 / 90.00 (1) | 82.00 / 86.00 (1) | — |" in text
     assert "| bn | 70.00 / 71.00 (1) | 91.00 ± 1.41 / 92.00 ± 1.41 (2) |" in text  # per data fraction
     assert "1 training run(s) not complete" in text
+    assert "| clean | -2.00 (1.41) |" in text  # convnorm 89 minus bn's mean 91, bn's seed std
+    assert "| sym 40% | +2.00 (—) |" in text
     assert (tmp_path / "figures").is_dir() and any(p.suffix == ".png" for p in (tmp_path / "figures").iterdir())
 
 

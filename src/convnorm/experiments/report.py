@@ -91,6 +91,7 @@ def _train_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_d
         slug = f"{slug}-{runs[0]['config']['epochs']}ep"
         lines += [f"### {setting}", ""]
         lines += _noise_table(runs) + [""]
+        lines += _difference_table(runs) + [""]
         frac_table = _fraction_table(runs)
         if frac_table:
             lines += frac_table + [""]
@@ -127,6 +128,37 @@ def _noise_table(runs: List[Dict[str, Any]]) -> List[str]:
                 cells.append("—" if n == 0 else f"{format_mean_std(final)} / {format_mean_std(best)} ({n})")
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
+    return out
+
+
+def _condition(r: Dict[str, Any]) -> str:
+    cfg = r["config"]
+    frac = "" if cfg["train_fraction"] == 1 else f", {cfg['train_fraction'] * 100:g}% data"
+    return _noise_label(cfg) + frac
+
+
+def _difference_table(runs: List[Dict[str, Any]]) -> List[str]:
+    """Each method's final test accuracy minus BN's, next to the seed-to-seed spread."""
+    if not any(r["config"]["method"] == "bn" for r in runs):
+        return []
+    conditions = sorted({_condition(r) for r in runs}, key=lambda c: (_noise_sort(c.split(",")[0]), c))
+    methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
+    out = ["Final test accuracy minus BN's (percentage points), with the larger of the two seed standard "
+           "deviations in brackets (— with one seed): a difference well inside the bracket is not a difference.",
+           "", "| condition | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for cond in conditions:
+        base = [r["final_test_acc"] for r in runs if r["config"]["method"] == "bn" and _condition(r) == cond]
+        cells = []
+        for m in methods:
+            acc = [r["final_test_acc"] for r in runs if r["config"]["method"] == m and _condition(r) == cond]
+            if not acc or not base:
+                cells.append("—")
+                continue
+            (mb, sb), (mm, sm) = mean_std(base), mean_std(acc)
+            spreads = [x for x in (sb, sm) if not math.isnan(x)]
+            spread = f"{max(spreads) * 100:.2f}" if spreads else "—"
+            cells.append(f"{(mm - mb) * 100:+.2f} ({spread})")
+        out.append(f"| {cond} | " + " | ".join(cells) + " |")
     return out
 
 
