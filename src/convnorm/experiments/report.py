@@ -267,6 +267,10 @@ def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> 
     if train_records:
         lines += ["## Classification under label noise and scarce data", ""]
         lines += _train_section(train_records, folder, fig_dir)
+    from convnorm.experiments import gan, robust
+
+    lines += robust.report_section(folder)
+    lines += gan.report_section(folder)
     spectral = _spectral_section(folder)
     if spectral:
         lines += ["## Layer spectra", ""] + spectral

@@ -8,11 +8,14 @@ Every method in a study gets the same budget (epochs, batch size, learning rate,
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Union
 
-from convnorm.experiments.train import TrainConfig, preset
+from convnorm.experiments.robust import AdvConfig, adv_preset, adv_run_name, train_free_at
+from convnorm.experiments.train import TrainConfig, preset, run_name, train
 
-__all__ = ["STUDIES", "study_configs"]
+__all__ = ["STUDIES", "study_configs", "run_config", "config_name"]
+
+StudyConfig = Union[TrainConfig, AdvConfig]
 
 # Fashion-MNIST, small ResNet: a few minutes per run on 2 CPU cores.
 _FMNIST_BUDGET = dict(epochs=8)
@@ -42,13 +45,30 @@ def _label_noise_cifar10() -> List[TrainConfig]:
             for m in ("bn", "convnorm", "convnorm+bn")]
 
 
-STUDIES: Dict[str, Callable[[], List[TrainConfig]]] = {
+def _free_at_cifar10() -> List[AdvConfig]:
+    return [adv_preset("cpu-free-at", method=m, seed=seed)
+            for seed in (0, 1) for m in ("bn", "convnorm+bn", "sn", "oni", "ocnn")]
+
+
+STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "label-noise-fashion-mnist": _label_noise_fashion_mnist,
     "label-noise-cifar10": _label_noise_cifar10,
+    "free-at-cifar10": _free_at_cifar10,
 }
 
 
-def study_configs(name: str) -> List[TrainConfig]:
+def config_name(config: StudyConfig) -> str:
+    """The run (record) name of a study config."""
+    return adv_run_name(config) if isinstance(config, AdvConfig) else run_name(config)
+
+
+def run_config(config: StudyConfig, *, out_dir: str, checkpoint_dir: str, device=None) -> Dict[str, Any]:
+    """Train (or resume, or return) one config of a study with the right trainer."""
+    trainer = train_free_at if isinstance(config, AdvConfig) else train
+    return trainer(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
+
+
+def study_configs(name: str) -> List[StudyConfig]:
     """The configs of study ``name``, in the order they run."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; valid studies are {', '.join(STUDIES)}")

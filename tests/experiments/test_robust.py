@@ -1,0 +1,436 @@
+"""Adversarial robustness: attacks, free adversarial training, evaluation checks, report."""
+import importlib
+import importlib.util
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convnorm.experiments import robust
+from convnorm.experiments.data import synthetic_dataset
+from convnorm.experiments.robust import (
+    ADV_PRESETS,
+    AdvConfig,
+    NormalizedModel,
+    adv_preset,
+    adv_run_name,
+    evaluate_checkpoint,
+    evaluate_robustness,
+    fgsm,
+    free_at_batch,
+    pgd,
+    report_section,
+    train_free_at,
+)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.22, 0.22, 0.22)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two OpenMP threads on two busy cores are many times slower than one for these tiny models.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny CNN trained (normally) on synthetic data, wrapped to take [0, 1] images, in eval
+    mode, with held-out images ``x`` (float, [0, 1]) and labels ``y``. About 90% clean accuracy;
+    at eps 4/255 the attacks fool a good part, but not all, of it."""
+    train, test = synthetic_dataset(512, seed=0), synthetic_dataset(256, seed=1)
+    torch.manual_seed(0)
+    net = tiny_cnn()
+    model = NormalizedModel(net, MEAN, STD)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x_train = train.images.float() / 255
+    for _ in range(15):
+        for i in range(0, 512, 64):
+            loss = F.cross_entropy(model(x_train[i:i + 64]), train.labels[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model, net, test.images, test.images.float() / 255, test.labels
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+# -- attacks --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eps", [0.0, 1 / 255, 8 / 255, 64 / 255])
+def test_attacks_stay_in_the_eps_ball_and_the_pixel_box(trained, eps):
+    model, _, _, x, y = trained
+    x = x[:64].clone()
+    x[0] = 0.0  # images at the box's corners: the clamp must hold them in [0, 1]
+    x[1] = 1.0
+    for adv in (fgsm(model, x, y[:64], eps), pgd(model, x, y[:64], eps, 2 / 255, 5, restarts=2, seed=3)):
+        assert adv.shape == x.shape and not adv.requires_grad
+        assert (adv - x).abs().max() <= eps + 1e-6
+        assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_pgd_without_steps_or_random_start_is_the_clean_input(trained):
+    model, _, _, x, y = trained
+    adv = pgd(model, x, y, 8 / 255, 2 / 255, 0, random_start=False)
+    assert torch.equal(adv, x)
+    assert accuracy(model, adv, y) == accuracy(model, x, y)
+
+
+def test_attacks_leave_parameter_gradients_and_mode_alone(trained):
+    model, _, _, x, y = trained
+    model.zero_grad(set_to_none=True)
+    fgsm(model, x[:16], y[:16], 4 / 255)
+    pgd(model, x[:16], y[:16], 4 / 255, 1 / 255, 3)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(trained):
+    model, _, _, x, y = trained
+    eps = 4 / 255
+    clean = accuracy(model, x, y)
+    fgsm_ok = (model(fgsm(model, x, y, eps)).argmax(1) == y)
+    pgd_ok = (model(pgd(model, x, y, eps, 1 / 255, 10, restarts=2, seed=0)).argmax(1) == y)
+    assert clean > 0.8
+    assert pgd_ok.double().mean() <= fgsm_ok.double().mean() < clean
+    assert int((~fgsm_ok & pgd_ok).sum()) <= 2  # per sample, PGD fools (nearly) everything FGSM fools
+
+
+def test_more_restarts_fool_a_superset(trained):
+    # The first restart draws the same start from the same seed, and each sample keeps its worst case.
+    model, _, _, x, y = trained
+    one = model(pgd(model, x, y, 4 / 255, 1 / 255, 3, restarts=1, seed=5)).argmax(1) != y
+    three = model(pgd(model, x, y, 4 / 255, 1 / 255, 3, restarts=3, seed=5)).argmax(1) != y
+    assert bool((three | ~one).all()) and three.sum() >= one.sum()
+
+
+def test_pgd_is_deterministic_given_the_seed(trained):
+    model, _, _, x, y = trained
+    a = pgd(model, x[:32], y[:32], 4 / 255, 1 / 255, 2, seed=7)
+    b = pgd(model, x[:32], y[:32], 4 / 255, 1 / 255, 2, seed=7)
+    c = pgd(model, x[:32], y[:32], 4 / 255, 1 / 255, 2, seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# -- cross-check with torchattacks ----------------------------------------------------------
+
+def _torchattacks_fgsm_pgd():
+    """torchattacks' FGSM and PGD classes, or skip.
+
+    torchattacks 3.5.1's ``__init__`` imports every attack, and one of them (TIFGSM) imports
+    scipy, which is not a dependency here; FGSM and PGD need only torch. Without scipy the two
+    modules are loaded under a bare package object instead (sys.modules is restored after).
+    """
+    if importlib.util.find_spec("torchattacks") is None:
+        pytest.skip("torchattacks is not installed (install it with `pip install --no-deps torchattacks==3.5.1`)")
+    try:
+        import torchattacks
+
+        return torchattacks.FGSM, torchattacks.PGD
+    except ImportError:
+        pass
+    saved = {k: v for k, v in sys.modules.items() if k == "torchattacks" or k.startswith("torchattacks.")}
+    for k in saved:
+        del sys.modules[k]
+    spec = importlib.util.find_spec("torchattacks")
+    package = types.ModuleType("torchattacks")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["torchattacks"] = package
+    try:
+        return (importlib.import_module("torchattacks.attacks.fgsm").FGSM,
+                importlib.import_module("torchattacks.attacks.pgd").PGD)
+    finally:
+        for k in [k for k in sys.modules if k == "torchattacks" or k.startswith("torchattacks.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_fgsm_and_pgd_agree_with_torchattacks(trained):
+    FGSM, PGD = _torchattacks_fgsm_pgd()
+    model, _, _, x, y = trained  # a NormalizedModel: [0, 1] inputs, as torchattacks expects
+    eps, step, steps = 4 / 255, 1 / 255, 10
+
+    ours = fgsm(model, x, y, eps)
+    theirs = FGSM(model, eps=eps)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert accuracy(model, ours, y) == accuracy(model, theirs, y)
+
+    # Without random start both are deterministic: the same iterates, the same accuracy.
+    ours = pgd(model, x, y, eps, step, steps, random_start=False)
+    theirs = PGD(model, eps=eps, alpha=step, steps=steps, random_start=False)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert accuracy(model, ours, y) == accuracy(model, theirs, y)
+
+    # With random start the two RNG streams differ: the accuracies agree within 3 points
+    # (256 samples; the spread between seeds of either attack is about 1 point here).
+    torch.manual_seed(123)
+    theirs_acc = accuracy(model, PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)(x, y), y)
+    ours_acc = accuracy(model, pgd(model, x, y, eps, step, steps, seed=0), y)
+    assert abs(ours_acc - theirs_acc) <= 0.03
+    # On the CPU, torch's global generator seeded with s and a fresh Generator seeded with s
+    # draw the same numbers, so with matching seeds even the random starts coincide.
+    torch.manual_seed(5)
+    assert torch.allclose(pgd(model, x, y, eps, step, steps, seed=5),
+                          PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)(x, y), atol=1e-6)
+    assert accuracy(model, x, y) - ours_acc > 0.1  # and the attack does something
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+def test_evaluate_robustness_reports_accuracies_settings_and_checks(trained):
+    model, net, images, x, y = trained
+    net.train()
+    sweep = tuple(k / 255 for k in (0, 2, 4, 16, 64))
+    out = evaluate_robustness(net, images, y, MEAN, STD, eps=4 / 255, pgd_steps=10, pgd_step=1 / 255, restarts=1,
+                              batch_size=100, seed=0, eps_sweep=sweep, sweep_samples=128)
+    assert net.training  # the mode is restored
+    net.eval()
+    assert out["samples"] == 256
+    assert out["clean_acc"] == pytest.approx(accuracy(model, x, y))
+    assert out["pgd_acc"] <= out["fgsm_acc"] < out["clean_acc"]
+    assert out["fgsm_and_pgd_acc"] <= out["pgd_acc"]
+    assert out["attack"]["eps"] == 4 / 255 and out["attack"]["pgd"]["steps"] == 10
+    assert out["attack"]["sweep_samples"] == 128
+    assert [s["eps_255"] for s in out["eps_sweep"]] == [0, 2, 4, 16, 64]
+    assert out["eps_sweep"][0]["acc"] == pytest.approx(accuracy(model, x[:128], y[:128]))  # eps 0 is clean
+    assert out["eps_sweep"][-1]["step"] == pytest.approx(2.5 * 64 / 255 / 10)  # the step grows with large eps
+    accs = [s["acc"] for s in out["eps_sweep"]]
+    checks = out["checks"]
+    assert set(checks) == {"sweep_monotone", "sweep_reaches_zero", "pgd_not_weaker_than_fgsm"}
+    assert checks["sweep_monotone"]["max_rise"] == pytest.approx(max(b - a for a, b in zip(accs, accs[1:])))
+    assert checks["sweep_monotone"]["passed"] and checks["sweep_reaches_zero"]["passed"]
+    assert checks["sweep_reaches_zero"]["acc_at_largest_eps"] == accs[-1] <= 0.05
+    assert checks["pgd_not_weaker_than_fgsm"]["violations"] >= 0
+    assert out["checks_passed"] is all(c["passed"] for c in checks.values())
+    json.dumps(out)  # JSON-ready
+
+
+def test_a_masked_gradient_fails_the_checks():
+    # A model whose input gradient is zero (a hard quantizer in front) is not attackable by
+    # gradients: accuracy does not fall with eps, and the sweep check must say so.
+    class Quantized(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(torch.round(x * 4) / 4)
+
+    data = synthetic_dataset(200, seed=1)
+    torch.manual_seed(0)
+    net = Quantized(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)))
+    # a classifier of the class means, so that it is accurate without training
+    means = torch.stack([(data.images[data.labels == k].float() / 255).mean(0) for k in range(10)])
+    with torch.no_grad():
+        net.net[1].weight.copy_(((torch.round(means * 4) / 4 - 0.5) / 0.22).flatten(1))
+        net.net[1].bias.copy_(-0.5 * net.net[1].weight.pow(2).sum(1))
+    out = evaluate_robustness(net, data.images, data.labels, MEAN, STD, eps=8 / 255, pgd_steps=3,
+                              eps_sweep=(0.0, 64 / 255), sweep_samples=100)
+    assert out["clean_acc"] > 0.5
+    assert not out["checks"]["sweep_reaches_zero"]["passed"]
+    assert out["checks_passed"] is False
+
+
+# -- free adversarial training --------------------------------------------------------------
+
+def test_free_at_batch_updates_delta_by_signed_steps_within_eps():
+    torch.manual_seed(0)
+    model = NormalizedModel(tiny_cnn(), MEAN, STD)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    delta = torch.zeros_like(x)
+    eps, step = 8 / 255, 3 / 255
+    sums = free_at_batch(model, x, y, delta, opt, eps=eps, step=step, lrs=[0.01, 0.01, 0.02])
+    assert sums[2] == 3 * 8  # samples seen over three replays
+    assert delta.abs().max() <= eps + 1e-7
+    # three signed steps of 3/255, clipped at 8/255: every entry is k * 3/255 (|k| <= 2) or +-8/255
+    k = delta * 255 / 3
+    ok = ((k - k.round()).abs() < 1e-4) | ((delta.abs() - eps).abs() < 1e-7)
+    assert bool(ok.all()) and delta.abs().sum() > 0
+    assert opt.param_groups[0]["lr"] == 0.02
+
+
+def test_carried_perturbation_starts_the_next_batch():
+    """"carry": the second minibatch starts from the first's final delta; "batch": from zero."""
+    torch.manual_seed(0)
+    inputs = []
+    model = NormalizedModel(tiny_cnn(), MEAN, STD)
+    model.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x1, x2 = torch.rand(8, 3, 32, 32) * 0.5 + 0.25, torch.rand(5, 3, 32, 32) * 0.5 + 0.25  # a smaller last batch
+    y1, y2 = torch.randint(0, 10, (8,)), torch.randint(0, 10, (5,))
+    carried = torch.zeros_like(x1)
+    free_at_batch(model, x1, y1, carried[:8], opt, eps=8 / 255, step=8 / 255, lrs=[0.01, 0.01])
+    after_first = carried.clone()
+    inputs.clear()
+    free_at_batch(model, x2, y2, carried[:5], opt, eps=8 / 255, step=8 / 255, lrs=[0.01, 0.01])
+    assert torch.allclose(inputs[0], torch.clamp(x2 + after_first[:5], 0, 1))
+    assert torch.equal(carried[5:], after_first[5:])  # rows the smaller batch does not use are kept
+    inputs.clear()
+    free_at_batch(model, x2, y2, torch.zeros_like(x2), opt, eps=8 / 255, step=8 / 255, lrs=[0.01])
+    assert torch.equal(inputs[0], x2)
+
+
+def _strip(record):
+    return [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in record["epochs"]]
+
+
+@pytest.mark.parametrize("reset", ["batch", "carry"])
+def test_interrupted_and_resumed_free_at_equals_uninterrupted(tmp_path, reset):
+    config = adv_preset("test", perturbation_reset=reset)
+    full = train_free_at(config, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "ca"), log=None)
+    part = train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"),
+                         stop_after_epoch=1, log=None)
+    assert part["status"] == "running" and len(part["epochs"]) == 1 and "evaluation" not in part
+    resumed = train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"), log=None)
+    assert full["status"] == resumed["status"] == "complete"
+    assert _strip(resumed) == _strip(full)
+    assert resumed["evaluation"] == full["evaluation"]
+    name = adv_run_name(config)
+    a = torch.load(tmp_path / "ca" / f"{name}.pt", weights_only=False)
+    b = torch.load(tmp_path / "cb" / f"{name}.pt", weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["perturbation"], b["perturbation"])
+    eps = config.eps
+    if reset == "carry":  # the carried delta is saved: signed steps of 8/255 clipped at 8/255
+        values = set(torch.round(a["perturbation"] / eps).unique().tolist())
+        assert values <= {-1.0, 0.0, 1.0} and values != {0.0}
+    else:
+        assert torch.count_nonzero(a["perturbation"]) == 0
+
+
+def test_free_at_record_and_reruns(tmp_path):
+    config = adv_preset("test", epochs=1, method="convnorm+bn")
+    record = train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
+    on_disk = json.loads((tmp_path / f"{adv_run_name(config)}.json").read_text())
+    assert on_disk == json.loads(json.dumps(record))
+    assert record["kind"] == "robust" and record["config"] == config.identity() and record["seed"] == config.seed
+    for key in ("git_commit", "versions", "device"):
+        assert key in record["provenance"]
+    assert record["status"] == "complete" and record["passes"] == 1
+    steps = math.ceil(record["data"]["train_size"] / config.batch_size) * config.replays
+    assert record["sgd_steps"] == steps
+    row = record["epochs"][0]
+    assert set(row) >= {"epoch", "lr", "train_loss", "train_adv_acc", "test_acc", "monitor_pgd_acc", "time_s"}
+    ev = record["evaluation"]
+    assert (record["clean_acc"], record["fgsm_acc"], record["pgd_acc"]) == (ev["clean_acc"], ev["fgsm_acc"],
+                                                                            ev["pgd_acc"])
+    assert record["checks_passed"] == ev["checks_passed"] and ev["samples"] == config.eval_samples
+    assert record["wall_time_s"] >= record["eval_time_s"] > 0
+    # a finished run is returned, not retrained
+    assert train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None) == on_disk
+    # the saved model, attacked again with the run's settings, gives the record's evaluation
+    again = evaluate_checkpoint(str(tmp_path / "c" / f"{adv_run_name(config)}.pt"), device="cpu")
+    assert {k: v for k, v in again.items() if k != "checkpoint"} == ev
+    assert again["checkpoint"]["method"] == "convnorm+bn"
+    # another config under the same name is an error
+    path = tmp_path / f"{adv_run_name(config)}.json"
+    changed = json.loads(path.read_text())
+    changed["config"]["lr"] = 9.0
+    path.write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="different config"):
+        train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
+
+
+def test_reset_modes_train_differently(tmp_path):
+    a = train_free_at(adv_preset("test", epochs=1), out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"),
+                      log=None)
+    b = train_free_at(adv_preset("test", epochs=1, perturbation_reset="carry"), out_dir=str(tmp_path),
+                      checkpoint_dir=str(tmp_path / "c"), log=None)
+    assert a["name"] != b["name"]
+    assert a["epochs"][0]["train_loss"] != b["epochs"][0]["train_loss"]
+
+
+# -- configuration --------------------------------------------------------------------------
+
+def test_presets_and_epoch_counting():
+    paper = adv_preset("paper-free-at")
+    assert (paper.dataset, paper.model, paper.epochs, paper.lr, tuple(paper.milestones), paper.batch_size,
+            paper.replays, paper.eps, paper.step) == ("cifar10", "resnet18", 30, 0.1, (10, 20), 128, 4, 8 / 255,
+                                                      8 / 255)
+    assert paper.passes() == 30 and paper.pass_milestones() == [10, 20]
+    shafahi = adv_preset("paper-free-at", epoch_counting="divide-by-replays")
+    assert shafahi.passes() == 8 and shafahi.pass_milestones() == [3, 5]
+    assert adv_preset("cpu-free-at", seed=None).seed == 0  # None overrides are ignored
+    assert set(ADV_PRESETS) >= {"paper-free-at", "cpu-free-at", "test"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        adv_preset("nope")
+    for bad in (dict(perturbation_reset="never"), dict(epoch_counting="x"), dict(replays=0), dict(eps=-1.0),
+                dict(method="dropout"), dict(train_fraction=0.0)):
+        with pytest.raises(ValueError):
+            adv_preset("test", **bad)
+    names = {adv_run_name(adv_preset("test", **o)) for o in
+             ({}, dict(seed=1), dict(perturbation_reset="carry"), dict(replays=3), dict(eps=4 / 255))}
+    assert len(names) == 5
+    assert adv_run_name(adv_preset("test", data_root="/elsewhere")) == adv_run_name(adv_preset("test"))
+
+
+def test_learning_rate_schedule_counts_passes():
+    config = AdvConfig(epochs=30, milestones=(10, 20), lr=0.1, gamma=0.1)
+    lrs = [robust._learning_rate(config, e, 0, 100) for e in (0, 9, 10, 19, 20, 29)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def _fake_record(method, seed, clean, fgsm_acc, pgd_acc, *, status="complete", **overrides):
+    config = adv_preset("cpu-free-at", method=method, seed=seed, **overrides)
+    sweep = [dict(eps=e, eps_255=round(e * 255, 6), step=0.0, acc=a)
+             for e, a in zip(config.sweep_eps, (clean, 0.5, 0.4, pgd_acc, 0.1, 0.02, 0.0))]
+    checks = dict(sweep_monotone=dict(passed=True, max_rise=0.0, tolerance=0.01),
+                  sweep_reaches_zero=dict(passed=True, largest_eps=64 / 255, largest_eps_255=64.0,
+                                          acc_at_largest_eps=0.0, threshold=0.05),
+                  pgd_not_weaker_than_fgsm=dict(passed=seed != 1, pgd_acc=pgd_acc, fgsm_acc=fgsm_acc,
+                                                violations=3 * seed, violation_rate=0.0, violation_tolerance=0.01))
+    evaluation = dict(samples=1000, clean_acc=clean, fgsm_acc=fgsm_acc, pgd_acc=pgd_acc, eps_sweep=sweep,
+                      checks=checks, checks_passed=seed != 1)
+    record = dict(kind="robust", config=config.identity(), seed=seed, name=adv_run_name(config), status=status,
+                  epochs=[], evaluation=evaluation, clean_acc=clean, fgsm_acc=fgsm_acc, pgd_acc=pgd_acc,
+                  checks_passed=seed != 1)
+    if status != "complete":
+        del record["evaluation"]
+    return record
+
+
+def test_report_section_from_records(tmp_path):
+    records = [_fake_record("bn", 0, 0.70, 0.40, 0.30), _fake_record("bn", 1, 0.72, 0.42, 0.34),
+               _fake_record("convnorm+bn", 0, 0.75, 0.45, 0.35),
+               _fake_record("sn", 0, 0.6, 0.3, 0.2, status="running"),
+               _fake_record("bn", 0, 0.5, 0.2, 0.1, eps=4 / 255, step=4 / 255)]
+    for r in records:
+        (tmp_path / f"{r['name']}.json").write_text(json.dumps(r))
+    (tmp_path / "other.json").write_text(json.dumps({"kind": "train", "config": {}}))
+    lines = report_section(str(tmp_path))
+    text = "\n".join(lines)
+    assert lines == report_section(str(tmp_path))  # deterministic
+    assert "1 robust run(s) not complete are left out of the tables." in text
+    assert "| bn | 2 | 71.00 ± 1.41 | 41.00 ± 1.41 | 32.00 ± 2.83 | 1/2 |" in lines
+    assert "| convnorm+bn | 1 | 75.00 | 45.00 | 35.00 | 1/1 |" in lines
+    assert "| bn | 1 | 50.00 | 20.00 | 10.00 | 1/1 |" in lines  # the eps 4/255 setting, its own table
+    assert text.count("### cifar10, small_resnet, 10% of the training set") == 2
+    assert "model small_resnet (published: resnet18)" in text and "training data 10% (published: 100%)" in text
+    assert "training eps 4/255 (published: 8/255)" in text
+    assert "Published (ResNet-18, CIFAR-10, free AT, mean of 4 seeds), not run here" in text
+    assert "| ConvNorm (with BN) | 52.9 | 44.8 |" in lines and "| BN | 51.7 | not given |" in lines
+    assert "| ONI | 48.3 | 41.1 |" in lines and "| SN | 52.3 | 44.5 |" in lines
+    assert "| OCNN | 52.5 | not given |" in lines
+    assert "**NO** (3 violations of 1000)" in text
+    assert report_section(str(tmp_path / "empty")) == []
