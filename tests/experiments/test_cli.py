@@ -19,7 +19,7 @@ def test_help_documents_every_subcommand():
 
 
 def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
-    assert main(["demo", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "demo"),
+    assert main(["demo", "--dataset", "synthetic", "--epochs", "1", "--train-fraction", "0.1", "--out", str(tmp_path / "demo"),
                  "--checkpoints", str(tmp_path / "ckpt")]) == 0
     out = capsys.readouterr().out
     assert "| bn |" in out and "| convnorm |" in out and "plots:" in out
