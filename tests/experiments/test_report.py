@@ -1,5 +1,4 @@
 """`convnorm report`: tables from records, byte-identical on regeneration."""
-import json
 import math
 
 import pytest

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import math
 import os
 import time
 from dataclasses import dataclass

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -39,14 +38,14 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convnorm.experiments.models.sngan import ARCHS, D_NORMS, G_NORMS, build_sngan
-from convnorm.experiments.records import atomic_write_bytes, iter_records, new_record, read_json, write_json
+from convnorm.experiments.records import atomic_write_bytes, config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
 
 __all__ = ["GANConfig", "GAN_PRESETS", "gan_config_from_args", "run_name", "train_gan", "hinge_loss_discriminator",
            "hinge_loss_generator", "encode_png", "image_grid", "report_section", "PUBLISHED_RESULTS"]
@@ -107,8 +106,7 @@ class GANConfig:
 
     def identity(self) -> Dict[str, Any]:
         """The fields that define the result (not where data lives or how often files are written)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
-        return json.loads(json.dumps(out))  # tuples become lists, as in a JSON record
+        return config_identity(self)
 
 
 #: Named settings: the papers' and ones sized for 2 CPU cores.
@@ -276,12 +274,6 @@ def _training_images(dataset: str, root: Optional[str]) -> Tensor:
     return _LOADED[key]
 
 
-def _save(path: str, obj: Dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -403,7 +395,7 @@ def train_gan(
                  "ema": ema.state_dict() if ema is not None else None,
                  "record": {k: record[k] for k in ("fid_curve", "loss_curve", "samples", "wall_time_s",
                                                      "train_time_s")}}
-        _save(state_path, state)
+        save_checkpoint(state_path, state)
         write_json(record_path, record)
 
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))

@@ -5,6 +5,8 @@ Writes are atomic (temp file, then rename), so an interrupted run never leaves a
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import tempfile
@@ -14,7 +16,8 @@ import torch
 
 from convnorm.experiments.provenance import provenance
 
-__all__ = ["atomic_write_bytes", "write_json", "read_json", "new_record", "iter_records"]
+__all__ = ["atomic_write_bytes", "write_json", "read_json", "new_record", "iter_records", "save_checkpoint",
+           "config_identity"]
 
 
 def atomic_write_bytes(path: str, data: bytes) -> str:
@@ -33,6 +36,20 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
+    """``torch.save`` ``state`` to ``path`` atomically (an interrupted save keeps the old file)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def config_identity(config: Any) -> Dict[str, Any]:
+    """A config dataclass as JSON-ready data, without fields marked ``metadata={"identity": False}``
+    (such as where the data lives): what defines a run's result, and so its name and record."""
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("identity", True)}
+    return json.loads(json.dumps(out))  # tuples become lists, as they are in a JSON record
 
 
 def write_json(path: str, data: Any) -> str:

@@ -41,9 +41,7 @@ weaker than FGSM.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -61,7 +59,7 @@ from convnorm.experiments.corruptions import per_class_subset
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import MODELS, build_model
-from convnorm.experiments.records import atomic_write_bytes, iter_records, new_record, read_json, write_json
+from convnorm.experiments.records import config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
 from convnorm.experiments.train import _epoch_generator
 
 __all__ = [
@@ -411,8 +409,7 @@ class AdvConfig:
 
     def identity(self) -> Dict[str, Any]:
         """The fields that define the result (not where the data happens to live)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
-        return json.loads(json.dumps(out))
+        return config_identity(self)
 
     @property
     def attack_eps(self) -> float:
@@ -516,12 +513,6 @@ def _learning_rate(config: AdvConfig, epoch: int, step: int, steps_per_epoch: in
         return config.lr * config.gamma ** sum(epoch >= m for m in config.pass_milestones())
     progress = (epoch * steps_per_epoch + step) / (config.passes() * steps_per_epoch)
     return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
-
-
-def _save(path: str, obj: Dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _build(model: str, method: str, in_channels: int, num_classes: int, model_options: Dict[str, Any]):
@@ -696,7 +687,7 @@ def train_free_at(
         if not math.isfinite(row["train_loss"]):
             record["status"] = "diverged"
         record["epochs_done"] = len(record["epochs"])
-        _save(state_path, {"config": _checkpoint_config(config, in_channels, data.num_classes, data),
+        save_checkpoint(state_path, {"config": _checkpoint_config(config, in_channels, data.num_classes, data),
                            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                            "perturbation": carried.cpu(), "epoch": epoch + 1, "epochs": record["epochs"],
                            "wall_time_s": record["wall_time_s"], "sgd_steps": record["sgd_steps"]})

@@ -18,9 +18,7 @@ finished record at once. Under ``torchrun`` the same call trains with DDP.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -45,7 +43,7 @@ from convnorm.experiments.augment import normalize, random_crop_flip
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import MODELS, build_model
-from convnorm.experiments.records import atomic_write_bytes, new_record, read_json, write_json
+from convnorm.experiments.records import config_identity, save_checkpoint, new_record, read_json, write_json
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "run_name", "prepare_data"]
 
@@ -103,8 +101,7 @@ class TrainConfig:
 
     def identity(self) -> Dict[str, Any]:
         """The fields that define the result (not where the data happens to live)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
-        return json.loads(json.dumps(out))  # tuples become lists, as they are in a JSON record
+        return config_identity(self)
 
 
 # Presets: the paper's settings by name, and settings sized for 2 CPU cores.
@@ -287,12 +284,6 @@ class _Progress:
             sys.stderr.write("\r" + " " * 100 + "\r")
 
 
-def _save(path: str, obj: Dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def train(
     config: TrainConfig,
     *,
@@ -432,10 +423,10 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
         _summarize(record, config)
         if rank == 0:
             if improved:
-                _save(os.path.join(checkpoint_dir, f"{name}.best.pt"),
+                save_checkpoint(os.path.join(checkpoint_dir, f"{name}.best.pt"),
                       {"config": _checkpoint_config(config, in_channels, data.num_classes), "model": model.state_dict(),
                        "epoch": epoch + 1})
-            _save(state_path, {"config": _checkpoint_config(config, in_channels, data.num_classes),
+            save_checkpoint(state_path, {"config": _checkpoint_config(config, in_channels, data.num_classes),
                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "epoch": epoch + 1, "best_val": best_val, "epochs": record["epochs"],
                                "wall_time_s": record["wall_time_s"]})
