@@ -58,9 +58,9 @@ from convnorm.experiments.augment import random_crop_flip
 from convnorm.experiments.corruptions import per_class_subset
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
-from convnorm.experiments.models import MODELS, build_model
+from convnorm.experiments.models import build_model
 from convnorm.experiments.records import config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
-from convnorm.experiments.train import _epoch_generator
+from convnorm.experiments.train import _epoch_generator, validate_common
 
 __all__ = [
     "ADV_PRESETS", "AdvConfig", "DEFAULT_EPS_SWEEP", "NormalizedModel", "PUBLISHED_FREE_AT", "adv_preset",
@@ -381,19 +381,12 @@ class AdvConfig:
     data_root: Optional[str] = field(default=None, metadata={"identity": False})
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods are {', '.join(METHODS)}")
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid models are {', '.join(MODELS)}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        validate_common(self)
         if self.perturbation_reset not in ("batch", "carry"):
             raise ValueError(f"perturbation_reset must be 'batch' or 'carry', got {self.perturbation_reset!r}")
         if self.epoch_counting not in ("passes", "divide-by-replays"):
             raise ValueError(f"epoch_counting must be 'passes' or 'divide-by-replays', got {self.epoch_counting!r}")
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        for name in ("epochs", "batch_size", "replays", "eval_batch_size", "eval_restarts"):
+        for name in ("replays", "eval_batch_size", "eval_restarts"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("eps", "step", "eval_pgd_step"):

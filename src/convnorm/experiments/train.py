@@ -79,29 +79,34 @@ class TrainConfig:
     data_root: Optional[str] = field(default=None, metadata={"identity": False})
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods are {', '.join(METHODS)}")
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid models are {', '.join(MODELS)}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        validate_common(self)
         if self.noise not in ("none", "symmetric", "asymmetric"):
             raise ValueError(f"noise must be 'none', 'symmetric' or 'asymmetric', got {self.noise!r}")
         if self.noise == "none" and self.noise_rate != 0:
             raise ValueError("noise_rate is set but noise is 'none'")
         if not 0 <= self.noise_rate <= 1:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def identity(self) -> Dict[str, Any]:
         """The fields that define the result (not where the data happens to live)."""
         return config_identity(self)
+
+
+def validate_common(config) -> None:
+    """Checks shared by every training config: method, model, schedule, data fraction, sizes."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; valid methods are {', '.join(METHODS)}")
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; valid models are {', '.join(MODELS)}")
+    if config.schedule not in ("cosine", "step"):
+        raise ValueError(f"schedule must be 'cosine' or 'step', got {config.schedule!r}")
+    if not 0 < config.train_fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {config.train_fraction}")
+    for name in ("epochs", "batch_size"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
 
 
 # Presets: the paper's settings by name, and settings sized for 2 CPU cores.
