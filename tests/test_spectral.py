@@ -159,7 +159,15 @@ def test_network_report_sees_convnorm_layers_and_plot(tmp_path):
     torch.manual_seed(0)
     plain = SmallNet().double()
     cn = convert_convnorm(SmallNet().double())
-    reports = {name: spectral.network_report(m, (1, 3, 8, 8)) for name, m in [("Vanilla", plain), ("ConvNorm", cn)]}
+    inputs = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    reports = {name: spectral.network_report(m, (1, 3, 8, 8), inputs=inputs)
+               for name, m in [("Vanilla", plain), ("ConvNorm", cn)]}
     assert reports["ConvNorm"].rows[0]["type"] == "ConvNorm2d"
+    # The lower bound goes through ConvNorm's custom autograd Function: check it against the dense Jacobian.
+    cn.eval()
+    jac = torch.autograd.functional.jacobian(lambda x: cn(x[None])[0], inputs[1])
+    expected = torch.linalg.matrix_norm(jac.reshape(5, -1), ord=2)
+    got = spectral.input_jacobian_norms(cn, inputs[1:2], iterations=200)[0]
+    assert abs(float(got) - float(expected)) < 1e-6 * float(expected)
     path = spectral.plot_layer_norms(reports, str(tmp_path / "norms.png"))
     assert (tmp_path / "norms.png").stat().st_size > 1000 and path.endswith("norms.png")

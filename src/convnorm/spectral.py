@@ -311,8 +311,11 @@ def _layer_inputs(model: nn.Module, example: Tensor) -> List[tuple]:
 
 
 def input_jacobian_norms(model: nn.Module, inputs: Tensor, *, iterations: int = 30) -> Tensor:
-    """``‖J(x)‖₂`` of ``model`` at each input (batch), by power iteration with jvp/vjp.
+    """``‖J(x)‖₂`` of ``model`` at each input (batch), by power iteration on ``JᵀJ``.
 
+    ``J v`` comes from differentiating the vector-Jacobian product ``Jᵀu`` with respect to
+    ``u`` (the double-backward trick), which needs only reverse-mode autograd, so custom
+    autograd Functions without forward-mode rules (ConvNorm's preconditioner) work.
     The model must treat batch elements independently (eval mode). Returns ``(B,)``.
     """
     x = inputs.detach()
@@ -322,10 +325,13 @@ def input_jacobian_norms(model: nn.Module, inputs: Tensor, *, iterations: int = 
     v = v / torch.linalg.vector_norm(v, dim=dims, keepdim=True)
     sigma = torch.zeros(x.shape[0], dtype=torch.float64)
     for _ in range(iterations):
-        _, jv = torch.func.jvp(model, (x,), (v,))
         xg = x.clone().requires_grad_(True)
         with torch.enable_grad():
-            (jtjv,) = torch.autograd.grad(model(xg), xg, jv)
+            y = model(xg)
+            u = torch.zeros_like(y, requires_grad=True)
+            (jtu,) = torch.autograd.grad(y, xg, u, create_graph=True)  # Jᵀu, linear in u
+            (jv,) = torch.autograd.grad(jtu, u, v)
+            (jtjv,) = torch.autograd.grad(y, xg, jv)
         norm = jtjv.flatten(1).norm(dim=1)
         sigma = norm.double().sqrt().cpu()
         v = jtjv / norm.clamp_min(1e-30).reshape(-1, *([1] * len(dims)))
