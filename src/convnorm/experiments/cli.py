@@ -350,7 +350,7 @@ def _add_demo(sub) -> None:
                                     "label noise",
                        description="Train the small ResNet with BN and with ConvNorm on a quarter of Fashion-MNIST, "
                                    "clean and with 60%% symmetric label noise, then print the table and the plot path.")
-    p.add_argument("--out", default=os.path.join("results", "demo"), help="record folder (default: results/demo)")
+    p.add_argument("--out", default="demo", help="record folder (default: demo)")
     p.add_argument("--checkpoints", default=os.path.join("checkpoints", "demo"))
     p.add_argument("--epochs", type=int, help="override the demo's epochs (default 4)")
     p.add_argument("--train-fraction", type=float, help="override the demo's training fraction (default 0.25)")
