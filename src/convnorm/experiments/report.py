@@ -143,6 +143,8 @@ def _difference_table(runs: List[Dict[str, Any]]) -> List[str]:
         return []
     conditions = sorted({_condition(r) for r in runs}, key=lambda c: (_noise_sort(c.split(",")[0]), c))
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
+    if not methods:
+        return []
     out = ["Final test accuracy minus BN's (percentage points), with the larger of the two seed standard "
            "deviations in brackets (— with one seed): a difference well inside the bracket is not a difference.",
            "", "| condition | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
