@@ -6,6 +6,7 @@ Writes are atomic (temp file, then rename), so an interrupted run never leaves a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import torch
 from convnorm.experiments.provenance import provenance
 
 __all__ = ["atomic_write_bytes", "write_json", "read_json", "new_record", "iter_records", "save_checkpoint",
-           "config_identity"]
+           "config_identity", "config_from_preset", "config_digest"]
 
 
 def atomic_write_bytes(path: str, data: bytes) -> str:
@@ -50,6 +51,22 @@ def config_identity(config: Any) -> Dict[str, Any]:
     (such as where the data lives): what defines a run's result, and so its name and record."""
     out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("identity", True)}
     return json.loads(json.dumps(out))  # tuples become lists, as they are in a JSON record
+
+
+def config_from_preset(cls, presets: Dict[str, Dict[str, Any]], name: str, overrides: Dict[str, Any]):
+    """``cls(**presets[name])`` with the non-``None`` ``overrides`` applied, validated."""
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; valid presets are {', '.join(presets)}")
+    values = dict(presets[name])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def config_digest(config: Any) -> str:
+    """A short hash of :func:`config_identity`, for run names."""
+    return hashlib.sha1(json.dumps(config_identity(config), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def write_json(path: str, data: Any) -> str:

@@ -41,7 +41,6 @@ weaker than FGSM.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -59,7 +58,7 @@ from convnorm.experiments.corruptions import per_class_subset
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import build_model
-from convnorm.experiments.records import config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
+from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
 from convnorm.experiments.train import _epoch_generator, validate_common
 
 __all__ = [
@@ -449,19 +448,13 @@ ADV_PRESETS: Dict[str, Dict[str, Any]] = {
 def adv_preset(name: str, **overrides) -> AdvConfig:
     """An :class:`AdvConfig` from preset ``name`` (see :data:`ADV_PRESETS`) with overrides
     (``None`` values are ignored, so unset command-line options keep the preset's)."""
-    if name not in ADV_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets are {', '.join(ADV_PRESETS)}")
-    values = dict(ADV_PRESETS[name])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = AdvConfig(**values)
-    config.validate()
-    return config
+    return config_from_preset(AdvConfig, ADV_PRESETS, name, overrides)
 
 
 def adv_run_name(config: AdvConfig) -> str:
     """A readable, unique file stem: key settings plus a short hash of the whole config."""
     frac = "" if config.train_fraction == 1 else f"-frac{config.train_fraction:g}"
-    digest = hashlib.sha1(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    digest = config_digest(config)
     method = config.method.replace("+", "_")
     return (f"robust-{config.dataset}-{config.model}-{method}-free{config.replays}-eps{config.eps * 255:g}-"
             f"{config.perturbation_reset}{frac}-s{config.seed}-{digest}")

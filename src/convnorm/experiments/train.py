@@ -18,8 +18,6 @@ finished record at once. Under ``torchrun`` the same call trains with DDP.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
@@ -43,7 +41,7 @@ from convnorm.experiments.augment import normalize, random_crop_flip
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import MODELS, build_model
-from convnorm.experiments.records import config_identity, save_checkpoint, new_record, read_json, write_json
+from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, new_record, read_json, write_json
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "run_name", "prepare_data"]
 
@@ -132,20 +130,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 def preset(name: str, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from preset ``name`` (see :data:`PRESETS`) with overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets are {', '.join(PRESETS)}")
-    values = dict(PRESETS[name])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = TrainConfig(**values)
-    config.validate()
-    return config
+    return config_from_preset(TrainConfig, PRESETS, name, overrides)
 
 
 def run_name(config: TrainConfig) -> str:
     """A readable, unique file stem: key settings plus a short hash of the whole config."""
     noise = "clean" if config.noise == "none" else f"{config.noise[:3]}{config.noise_rate:g}"
     frac = "" if config.train_fraction == 1 else f"-frac{config.train_fraction:g}"
-    digest = hashlib.sha1(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    digest = config_digest(config)
     method = config.method.replace("+", "_")
     return f"{config.dataset}-{config.model}-{method}-{noise}{frac}-s{config.seed}-{digest}"
 
