@@ -285,3 +285,30 @@ def test_report_section_shows_fid_validation_records(tmp_path):
     text = "\n".join(report_section(str(tmp_path)))
     assert "| train[:N] vs train[N:2N] | 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "train[:N] vs test[:M]" in text and "published, not run here" in text
+
+
+def test_curve_at_its_own_sample_count_and_final_at_the_full_count(tmp_path):
+    config = _tiny(fid_samples=24, fid_curve_samples=10)
+    record = train_gan(config, out_dir=str(tmp_path / "r"), checkpoint_dir=str(tmp_path / "c"), log=None,
+                       feature_extractor=_FakeFeatures(), fid_cache_dir=None)
+    assert [(row["iteration"], row["samples"]) for row in record["fid_curve"]] == [(2, 10), (3, 10), (3, 24)]
+    full = record["fid_curve"][-1]
+    assert record["final_fid"] == full["fid"] and record["final_kid"] == full["kid"]
+    # the curve's last point scores the first 10 of the 24 final images: a different, larger-bias number
+    assert record["fid_curve"][1]["fid"] != full["fid"]
+    text = "\n".join(report_section(str(tmp_path)))
+    assert "Finished runs, mean ± sample standard deviation over seeds" in text
+    assert f"| {full['fid']:.2f} |" in text and f"{record['fid_curve'][1]['fid']:.2f} (10, it 3)" in text
+    for bad in (1, 25):
+        with pytest.raises(ValueError, match="fid_curve_samples"):
+            _tiny(fid_samples=24, fid_curve_samples=bad)
+
+
+def test_summary_averages_seeds_of_one_setting(tmp_path):
+    kw = dict(out_dir=str(tmp_path / "gan"), checkpoint_dir=str(tmp_path / "c"), log=None,
+              feature_extractor=_FakeFeatures(), fid_cache_dir=None)
+    fids = [train_gan(_tiny(seed=seed), **kw)["final_fid"] for seed in (0, 1)]
+    mean = sum(fids) / 2
+    std = abs(fids[0] - fids[1]) / 2 ** 0.5
+    text = "\n".join(report_section(str(tmp_path)))
+    assert f"| 2 | 24 vs 40 | {mean:.2f} ± {std:.2f} |" in text

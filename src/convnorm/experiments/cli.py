@@ -135,6 +135,8 @@ def _add_study(sub) -> None:
     p = sub.add_parser("study", help="run a named grid of training runs (resumable; skips finished runs)",
                        description="Run every config of a study in order. Finished runs are skipped and an "
                                    "interrupted run resumes, so rerun the same command until nothing is left. "
+                                   "Start it more than once to use more cores or machines: each run is locked "
+                                   "while it trains and the other processes skip it. "
                                    "Studies: " + ", ".join(STUDIES) + ".")
     p.add_argument("name", choices=sorted(STUDIES))
     p.add_argument("--list", action="store_true", help="print the runs and their state, train nothing")
@@ -147,20 +149,35 @@ def _add_study(sub) -> None:
         import dataclasses
 
         from convnorm.experiments.records import read_json
-        from convnorm.experiments.studies import config_name, run_config, study_configs
+        from convnorm.experiments.studies import claim_run, config_name, run_config, study_configs
 
         out = args.out or os.path.join("results", args.name)
         ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
         configs = [dataclasses.replace(c, data_root=args.data_root) for c in study_configs(args.name)]
         if args.list:
             for c in configs:
-                path = os.path.join(out, config_name(c) + ".json")
+                name = config_name(c)
+                path = os.path.join(out, name + ".json")
                 state = read_json(path).get("status", "?") if os.path.exists(path) else "not started"
-                print(f"{state:12s} {config_name(c)}")
+                if state != "complete":
+                    with claim_run(ckpt, name) as free:
+                        state += "" if free else " (training in another process)"
+                print(f"{state:12s} {name}")
             return 0
+        held = []
         for i, c in enumerate(configs):
-            print(f"[{i + 1}/{len(configs)}] {config_name(c)}", flush=True)
-            run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+            name = config_name(c)
+            with claim_run(ckpt, name) as mine:
+                if not mine:
+                    print(f"[{i + 1}/{len(configs)}] {name}: training in another process, skipped", flush=True)
+                    held.append(name)
+                    continue
+                print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
+                run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+        if held:
+            print(f"study {args.name}: {len(held)} of {len(configs)} runs are training in other processes; "
+                  "rerun this command when they finish")
+            return 0
         print(f"study {args.name}: all {len(configs)} runs complete; `convnorm report` builds the tables")
         return 0
 

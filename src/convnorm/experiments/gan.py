@@ -57,8 +57,11 @@ class GANConfig:
 
     ``iterations`` counts generator steps (each preceded by ``n_dis`` discriminator steps).
     ``fid_every`` and ``sample_every`` are in generator steps; FID is also computed at the
-    last iteration (``fid_samples=0`` turns FID off). ``g_width``/``d_width`` None: the
-    paper's widths.
+    last iteration (``fid_samples=0`` turns FID off). The last evaluation scores
+    ``fid_samples`` images; the ones along the way score ``fid_curve_samples`` (0: the same
+    count), and the last evaluation then also scores the first ``fid_curve_samples`` of its
+    images, so the whole curve is at one sample count (FID's bias depends on it).
+    ``g_width``/``d_width`` None: the paper's widths.
     """
 
     arch: str = "cnn"
@@ -78,6 +81,7 @@ class GANConfig:
     seed: int = 0
     fid_every: int = 5000
     fid_samples: int = 5000
+    fid_curve_samples: int = 0          # 0: fid_samples
     fid_reference_samples: int = 10000  # the first training images
     dataset: str = "cifar10"            # "cifar10" or "synthetic"
     sample_every: int = field(default=1000, metadata={"identity": False})
@@ -92,11 +96,14 @@ class GANConfig:
         for name in ("iterations", "n_dis", "batch_size", "z_dim", "sample_every", "checkpoint_every"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("fid_every", "fid_samples", "fid_reference_samples"):
+        for name in ("fid_every", "fid_samples", "fid_curve_samples", "fid_reference_samples"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.fid_samples and (self.fid_samples < 2 or self.fid_reference_samples < 2):
             raise ValueError("fid_samples and fid_reference_samples must be at least 2 when FID is on")
+        if self.fid_samples and not (self.fid_curve_samples == 0 or 2 <= self.fid_curve_samples <= self.fid_samples):
+            raise ValueError(f"fid_curve_samples must be 0 or between 2 and fid_samples ({self.fid_samples}), "
+                             f"got {self.fid_curve_samples}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -114,10 +121,11 @@ GAN_PRESETS: Dict[str, Dict[str, Any]] = {
     # SN-GAN / Mimicry CIFAR-10 setting: 100K generator steps, n_dis 5, linear decay.
     "paper-cnn": dict(arch="cnn", iterations=100_000, fid_every=10_000, fid_samples=10_000),
     "paper-resnet": dict(arch="resnet", iterations=100_000, fid_every=10_000, fid_samples=10_000),
-    # A short CPU comparison of discriminator normalizations (see docs/gan.md for timings). The
-    # reference, train[:4000], is what `fid-validate --samples 2000` caches.
-    "cpu-cnn": dict(arch="cnn", iterations=500, fid_every=250, fid_samples=2000, fid_reference_samples=4000,
-                    sample_every=50, checkpoint_every=25),
+    # A short CPU comparison of normalization placements (docs/gan.md): the standard CNN at a
+    # quarter of the paper's widths, 1000 generator steps, FID of 5000 samples against
+    # train[:5000] at the end and of 1000 samples along the way (Inception is the cost on a CPU).
+    "cpu-cnn": dict(arch="cnn", g_width=128, d_width=128, iterations=1000, fid_every=500, fid_samples=5000,
+                    fid_curve_samples=1000, fid_reference_samples=5000, sample_every=100, checkpoint_every=25),
     # Tests: tiny networks on synthetic data.
     "test": dict(arch="cnn", dataset="synthetic", iterations=3, n_dis=1, batch_size=8, g_width=16, d_width=16,
                  z_dim=8, fid_every=0, fid_samples=0, sample_every=2, checkpoint_every=1),
@@ -358,7 +366,10 @@ def train_gan(
     fixed_z = _fixed_noise(config.seed, 64, config.z_dim, stream=1)
     reference = None
 
-    def evaluate_fid(t: int) -> Dict[str, Any]:
+    curve_samples = config.fid_curve_samples or config.fid_samples
+
+    def evaluate_fid(t: int) -> List[Dict[str, Any]]:
+        """FID/KID rows at iteration ``t``: the curve's count, and at the end also ``fid_samples``."""
         nonlocal reference, feature_extractor
         from convnorm.experiments import fid as fidlib
 
@@ -369,13 +380,18 @@ def train_gan(
             ref_images = train_images[:config.fid_reference_samples]
             cache = fidlib.DEFAULT_CACHE_DIR if fid_cache_dir is None else fid_cache_dir
             reference = fidlib.reference_statistics(ref_images, cache, extractor=feature_extractor, log=say)
-        z = _fixed_noise(config.seed, config.fid_samples, config.z_dim, stream=2)
+        n = config.fid_samples if t == config.iterations else curve_samples
+        # The first images of every evaluation come from the same noise, whatever the count.
+        z = _fixed_noise(config.seed, config.fid_samples, config.z_dim, stream=2)[:n]
         feats = feature_extractor(_generate(evaluator, z, dev)).double()
-        mu, sigma = fidlib.feature_statistics(feats)
-        kid_mean, kid_std = fidlib.kid(feats, reference.features, seed=0)
-        return {"iteration": t, "fid": fidlib.frechet_distance(mu, sigma, reference.mu, reference.sigma),
-                "kid": kid_mean, "kid_std": kid_std, "samples": config.fid_samples,
-                "reference_samples": reference.count, "seconds": time.perf_counter() - t0}
+        rows = []
+        for count in sorted({curve_samples, n}):
+            mu, sigma = fidlib.feature_statistics(feats[:count])
+            kid_mean, kid_std = fidlib.kid(feats[:count], reference.features, seed=0)
+            rows.append({"iteration": t, "fid": fidlib.frechet_distance(mu, sigma, reference.mu, reference.sigma),
+                         "kid": kid_mean, "kid_std": kid_std, "samples": count,
+                         "reference_samples": reference.count, "seconds": time.perf_counter() - t0})
+        return rows
 
     def write_samples(t: int) -> None:
         rel = os.path.join(name, f"samples-{t:06d}.png")
@@ -387,9 +403,10 @@ def train_gan(
         record["iterations_done"] = t
         record["status"] = "complete" if t == config.iterations else "running"
         record["iterations_per_s"] = t / record["train_time_s"] if record["train_time_s"] > 0 else None
-        if record["fid_curve"] and record["fid_curve"][-1]["iteration"] == config.iterations:
-            record["final_fid"] = record["fid_curve"][-1]["fid"]
-            record["final_kid"] = record["fid_curve"][-1]["kid"]
+        final = [row for row in record["fid_curve"]
+                 if row["iteration"] == config.iterations and row["samples"] == config.fid_samples]
+        if final:
+            record["final_fid"], record["final_kid"] = final[0]["fid"], final[0]["kid"]
         state = {"identity": config.identity(), "iteration": t, "loss_sums": sums, "generator": g.state_dict(),
                  "discriminator": d.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None,
@@ -446,10 +463,10 @@ def train_gan(
         fid_due = config.fid_samples > 0 and (done == config.iterations
                                               or (config.fid_every > 0 and done % config.fid_every == 0))
         if fid_due and not any(row["iteration"] == done for row in record["fid_curve"]):
-            row = evaluate_fid(done)
-            record["fid_curve"].append(row)
-            say(f"{name}: iteration {done}, FID {row['fid']:.2f}, KID {row['kid']:.4f} "
-                f"({row['samples']} samples, {row['seconds']:.0f} s)")
+            for row in evaluate_fid(done):
+                record["fid_curve"].append(row)
+                say(f"{name}: iteration {done}, FID {row['fid']:.2f}, KID {row['kid']:.4f} "
+                    f"({row['samples']} samples, {row['seconds']:.0f} s)")
             save = True
         if save:
             record["wall_time_s"] += time.perf_counter() - wall0
@@ -518,6 +535,103 @@ def _validation_lines(folder: str) -> List[str]:
     return lines
 
 
+def _setting(cfg: Dict[str, Any]) -> Tuple:
+    """Everything but the seed, in the order placements are listed."""
+    rest = tuple(sorted((k, json.dumps(v)) for k, v in cfg.items() if k not in ("seed", "d_norm", "g_norm")))
+    return (cfg["dataset"], cfg["arch"], cfg["iterations"],
+            D_NORMS.index(cfg["d_norm"]) if cfg["d_norm"] in D_NORMS else 99,
+            G_NORMS.index(cfg["g_norm"]) if cfg["g_norm"] in G_NORMS else 99, cfg["d_norm"], cfg["g_norm"], rest)
+
+
+def _final_row(rec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The last evaluation at the run's full sample count (the table's number), if any."""
+    rows = [row for row in rec.get("fid_curve") or [] if row["samples"] == rec["config"]["fid_samples"]]
+    return rows[-1] if rows else None
+
+
+def _curve(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The evaluations at the curve's sample count."""
+    cfg = rec["config"]
+    count = cfg.get("fid_curve_samples") or cfg["fid_samples"]
+    return [row for row in rec.get("fid_curve") or [] if row["samples"] == count]
+
+
+def _mean_std(values: List[float]) -> str:
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
+    """Mean ± sample std over seeds of the finished runs, per setting."""
+    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
+    for _, rec in runs:
+        if rec["status"] == "complete" and _final_row(rec) is not None:
+            groups.setdefault(_setting(rec["config"]), []).append(rec)
+    if not groups:
+        return []
+    lines = ["Finished runs, mean ± sample standard deviation over seeds:", "",
+             "| data | arch | widths G/D | D norm | G norm | iterations | seeds | FID samples | FID | KID (×10³) | "
+             "train time per run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in sorted(groups):
+        recs = groups[setting]
+        cfg = recs[0]["config"]
+        rows = [_final_row(rec) for rec in recs]
+        widths = f"{cfg['g_width'] or 'paper'}/{cfg['d_width'] or 'paper'}"
+        lines.append(f"| {cfg['dataset']} | {cfg['arch']} | {widths} | {cfg['d_norm']} | {cfg['g_norm']} | "
+                     f"{cfg['iterations']} | {len(recs)} | {rows[0]['samples']} vs {rows[0]['reference_samples']} | "
+                     f"{_mean_std([r['fid'] for r in rows])} | {_mean_std([r['kid'] * 1e3 for r in rows])} | "
+                     f"{_duration(sum(rec['train_time_s'] for rec in recs) / len(recs))} |")
+    return lines + [""]
+
+
+def _run_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
+    lines = ["Every run (FID at the last evaluation; `it N` marks a run that has not reached its end):", "",
+             "| run | D norm | G norm | iterations | FID samples | FID | KID (×10³) | FID at curve count | "
+             "wall time | it/s | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, rec in runs:
+        cfg = rec["config"]
+        last = _final_row(rec) or (rec["fid_curve"][-1] if rec.get("fid_curve") else None)
+        curve = _curve(rec)
+        fid_cell = _fmt(last["fid"], ".2f") if last else "—"
+        if last and last["iteration"] != cfg["iterations"]:
+            fid_cell += f" (it {last['iteration']})"
+        kid_cell = f"{last['kid'] * 1e3:.2f} ± {last['kid_std'] * 1e3:.2f}" if last else "—"
+        samples = f"{last['samples']} vs {last['reference_samples']}" if last else "—"
+        curve_cell = f"{curve[-1]['fid']:.2f} ({curve[-1]['samples']}, it {curve[-1]['iteration']})" if curve else "—"
+        lines.append(f"| `{rec['name']}` | {cfg['d_norm']} | {cfg['g_norm']} | {rec['iterations_done']}/"
+                     f"{cfg['iterations']} | {samples} | {fid_cell} | {kid_cell} | {curve_cell} | "
+                     f"{_duration(rec['wall_time_s'])} | {_fmt(rec.get('iterations_per_s'), '.2f')} | "
+                     f"{rec['status']} |")
+    return lines + [""]
+
+
+def _fid_plot(curves: List[Dict[str, Any]], folder: str) -> str:
+    """Writes ``<folder>/figures/gan-fid.png`` (FID at the curve count over iterations)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    counts = sorted({_curve(rec)[0]["samples"] for rec in curves})
+    for rec in curves:
+        rows = _curve(rec)
+        ax.plot([row["iteration"] for row in rows], [row["fid"] for row in rows], marker="o",
+                label=_label(rec["config"]))
+    ax.set_xlabel("generator iterations")
+    ax.set_ylabel(f"FID, {'/'.join(str(c) for c in counts)} samples (lower is better)")
+    ax.set_title("FID over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = os.path.join(folder, "figures", "gan-fid.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return f"![FID over iterations]({os.path.relpath(path, folder)})"
+
+
 def report_section(folder: str) -> List[str]:
     """Markdown lines on the GAN runs (records of kind ``"gan"``) and FID checks under ``folder``.
 
@@ -530,56 +644,23 @@ def report_section(folder: str) -> List[str]:
         return []
     lines = ["## GANs: SN-GAN with ConvNorm", ""]
     if runs:
-        key = lambda item: (item[1]["config"]["dataset"], item[1]["config"]["arch"], item[1]["config"]["iterations"],
-                            D_NORMS.index(item[1]["config"]["d_norm"]) if item[1]["config"]["d_norm"] in D_NORMS else 99,
-                            item[1]["config"]["g_norm"], item[1]["config"]["seed"], item[1]["name"])
-        runs.sort(key=key)
+        runs.sort(key=lambda item: (_setting(item[1]["config"]), item[1]["config"]["seed"], item[1]["name"]))
         lines += ["Hinge loss, Adam (β = (0, 0.9)), n_dis discriminator steps per generator step; FID and KID "
-                  "against the first training images (counts in the table). Runs here are short and their "
-                  "FIDs are only comparable with each other at equal sample counts.", "",
-                  "| run | data | arch | D norm | G norm | iterations | n_dis | FID samples | FID | KID (×10³) | "
-                  "wall time | it/s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for _, rec in runs:
-            cfg = rec["config"]
-            last = rec["fid_curve"][-1] if rec.get("fid_curve") else None
-            fid_cell = _fmt(last["fid"], ".2f") if last else "—"
-            kid_cell = f"{last['kid'] * 1e3:.2f} ± {last['kid_std'] * 1e3:.2f}" if last else "—"
-            samples = f"{last['samples']} vs {last['reference_samples']}" if last else "—"
-            if last and last["iteration"] != cfg["iterations"]:
-                fid_cell += f" (it {last['iteration']})"
-            lines.append(f"| `{rec['name']}` | {cfg['dataset']} | {cfg['arch']} | {cfg['d_norm']} | {cfg['g_norm']} | "
-                         f"{rec['iterations_done']}/{cfg['iterations']} | {cfg['n_dis']} | {samples} | {fid_cell} | "
-                         f"{kid_cell} | {_duration(rec['wall_time_s'])} | {_fmt(rec.get('iterations_per_s'), '.2f')} | "
-                         f"{rec['status']} |")
-        lines.append("")
-        curves = [rec for _, rec in runs if len(rec.get("fid_curve") or []) > 0]
+                  "against the first training images (counts in the tables). Runs here are short and their "
+                  "FIDs are only comparable with each other at equal sample counts.", ""]
+        lines += _summary_lines(runs) + _run_lines(runs)
+        curves = [rec for _, rec in runs if _curve(rec)]
         if curves:
-            plt = _plt()
-            fig, ax = plt.subplots(figsize=(6.4, 4.0))
-            for rec in curves:
-                xs = [row["iteration"] for row in rec["fid_curve"]]
-                ys = [row["fid"] for row in rec["fid_curve"]]
-                ax.plot(xs, ys, marker="o", label=_label(rec["config"]))
-            ax.set_xlabel("generator iterations")
-            ax.set_ylabel("FID (lower is better)")
-            ax.set_title("FID over training")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            path = os.path.join(folder, "figures", "gan-fid.png")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fig.tight_layout()
-            fig.savefig(path, dpi=110, metadata={"Software": None})
-            plt.close(fig)
-            lines += [f"![FID over iterations]({os.path.relpath(path, folder)})", ""]
+            lines += [_fid_plot(curves, folder), ""]
         grids = []
         for path, rec in runs:
             if rec.get("samples"):
                 last = max(rec["samples"], key=lambda s: s["iteration"])
                 target = os.path.relpath(os.path.join(os.path.dirname(path), last["path"]), folder)
-                grids.append(f"- {_label(rec['config'])}, iteration {last['iteration']}: [{target}]({target})")
+                grids += [f"{_label(rec['config'])}, iteration {last['iteration']}:", "",
+                          f"![{_label(rec['config'])}]({target})", ""]
         if grids:
-            lines += ["Last sample grid of each run (fixed noise, 8x8):", ""] + grids + [""]
+            lines += ["Last sample grid of each run (fixed noise, 8x8):", ""] + grids
     lines += validation
     lines += ["### Published CIFAR-10 results (published, not run here)", "",
               "| source | model | training | FID evaluation | IS | FID |", "|---|---|---|---|---|---|"]

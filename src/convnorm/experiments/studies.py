@@ -4,18 +4,27 @@
 resuming an interrupted one, so a study can be spread over many sessions: rerun the same
 command until it reports nothing left. Records go to ``results/<name>/``.
 
+Several processes may work on one study at once (``convnorm study <name>`` started twice,
+on one machine or on machines sharing the folders): each run is claimed with an exclusive
+lock on ``<checkpoints>/<name>.lock`` while it trains, and a process skips runs that another
+one holds. The lock dies with its process, so a killed worker never blocks a run.
+
 Every method in a study gets the same budget (epochs, batch size, learning rate, schedule).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Union
+import contextlib
+import os
+from typing import Any, Callable, Dict, Iterator, List, Union
 
+from convnorm.experiments.gan import GANConfig, gan_config_from_args, train_gan
+from convnorm.experiments.gan import run_name as gan_run_name
 from convnorm.experiments.robust import AdvConfig, adv_preset, adv_run_name, train_free_at
 from convnorm.experiments.train import TrainConfig, preset, run_name, train
 
-__all__ = ["STUDIES", "study_configs", "run_config", "config_name"]
+__all__ = ["STUDIES", "study_configs", "run_config", "config_name", "claim_run"]
 
-StudyConfig = Union[TrainConfig, AdvConfig]
+StudyConfig = Union[TrainConfig, AdvConfig, GANConfig]
 
 # Fashion-MNIST, small ResNet, full training set: 5 epochs keep the whole study near 8 CPU-hours
 # (ConvNorm epochs cost about 4x BN epochs at these widths on one core).
@@ -51,22 +60,63 @@ def _free_at_cifar10() -> List[AdvConfig]:
             for seed in (0, 1) for m in ("bn", "convnorm+bn", "sn", "oni", "ocnn")]
 
 
+# The generator/discriminator normalizations compared on CIFAR-10: the SN-GAN baseline, then
+# ConvNorm in place of SN, ConvNorm with SN in D, and ConvNorm before BN in G.
+GAN_PLACEMENTS = (("sn", "bn"), ("convnorm", "bn"), ("convnorm+sn", "bn"), ("sn", "convnorm+bn"))
+
+
+def _gan_cifar10_cnn() -> List[GANConfig]:
+    return [gan_config_from_args("cpu-cnn", d_norm=d, g_norm=g, seed=seed)
+            for seed in (0, 1) for d, g in GAN_PLACEMENTS]
+
+
 STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "label-noise-fashion-mnist": _label_noise_fashion_mnist,
     "label-noise-cifar10": _label_noise_cifar10,
     "free-at-cifar10": _free_at_cifar10,
+    "gan-cifar10-cnn": _gan_cifar10_cnn,
 }
 
 
 def config_name(config: StudyConfig) -> str:
     """The run (record) name of a study config."""
+    if isinstance(config, GANConfig):
+        return gan_run_name(config)
     return adv_run_name(config) if isinstance(config, AdvConfig) else run_name(config)
 
 
 def run_config(config: StudyConfig, *, out_dir: str, checkpoint_dir: str, device=None) -> Dict[str, Any]:
     """Train (or resume, or return) one config of a study with the right trainer."""
+    if isinstance(config, GANConfig):
+        return train_gan(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
     trainer = train_free_at if isinstance(config, AdvConfig) else train
     return trainer(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
+
+
+@contextlib.contextmanager
+def claim_run(checkpoint_dir: str, name: str) -> Iterator[bool]:
+    """Claim run ``name`` for this process while the block runs; yields whether it got it.
+
+    An exclusive, non-blocking ``flock`` on ``<checkpoint_dir>/<name>.lock``: False means
+    another process (or another claim in this one) holds the run. Where ``fcntl`` does not
+    exist (Windows) every claim succeeds, so run one process per study there.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms tested here
+        yield True
+        return
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    with open(os.path.join(checkpoint_dir, f"{name}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def study_configs(name: str) -> List[StudyConfig]:

@@ -1,0 +1,125 @@
+"""The named studies: each holds exactly the runs its issue lists, with one budget per study,
+and several processes can share a study without training a run twice."""
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+
+from convnorm.experiments import studies
+from convnorm.experiments.cli import main
+from convnorm.experiments.gan import GANConfig
+from convnorm.experiments.robust import AdvConfig
+from convnorm.experiments.studies import STUDIES, claim_run, config_name, study_configs
+from convnorm.experiments.train import TrainConfig, preset
+
+BUDGET_FIELDS = {TrainConfig: ("dataset", "model", "model_options", "epochs", "batch_size", "lr", "momentum",
+                               "weight_decay", "schedule", "milestones", "augment", "val_fraction"),
+                 AdvConfig: ("dataset", "model", "epochs", "batch_size", "lr", "train_fraction", "replays", "eps"),
+                 GANConfig: ("arch", "iterations", "n_dis", "batch_size", "lr", "g_width", "d_width",
+                             "fid_samples", "fid_curve_samples", "fid_reference_samples", "fid_every")}
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_run_of_a_study_has_the_same_budget_and_its_own_name(name):
+    configs = study_configs(name)
+    names = [config_name(c) for c in configs]
+    assert len(set(names)) == len(names)
+    fields = BUDGET_FIELDS[type(configs[0])]
+    budgets = {tuple(repr(getattr(c, f)) for f in fields) for c in configs}
+    assert len(budgets) == 1, budgets
+
+
+def _key(c):
+    rate = c.noise_rate if c.noise != "none" else 0.0
+    return (c.method, c.noise, rate, c.train_fraction, c.seed)
+
+
+def test_fashion_mnist_study_is_the_listed_grid():
+    configs = study_configs("label-noise-fashion-mnist")
+    expected = set()
+    for seed in (0, 1):
+        for m in ("bn", "convnorm", "convnorm+bn", "sn"):
+            expected |= {(m, "none", 0.0, 1.0, seed), (m, "symmetric", 0.4, 1.0, seed),
+                         (m, "symmetric", 0.8, 1.0, seed), (m, "asymmetric", 0.4, 1.0, seed),
+                         (m, "none", 0.0, 0.1, seed), (m, "none", 0.0, 0.25, seed)}
+        for m in ("oni", "ocnn"):
+            expected |= {(m, "none", 0.0, 1.0, seed), (m, "symmetric", 0.8, 1.0, seed)}
+    assert Counter(map(_key, configs)) == Counter(expected)
+    assert {c.dataset for c in configs} == {"fashion-mnist"} and {c.model for c in configs} == {"small_resnet"}
+    # seed-major: the first half is seed 0, so a half-finished study covers every setting once
+    assert {c.seed for c in configs[:len(configs) // 2]} == {0}
+
+
+def test_cifar10_study_is_the_listed_grid():
+    configs = study_configs("label-noise-cifar10")
+    assert Counter(map(_key, configs)) == Counter(
+        (m, noise, rate, 0.2, 0) for m in ("bn", "convnorm", "convnorm+bn")
+        for noise, rate in (("none", 0.0), ("symmetric", 0.4)))
+    assert {c.dataset for c in configs} == {"cifar10"}
+
+
+def test_free_at_study_is_the_listed_grid():
+    configs = study_configs("free-at-cifar10")
+    assert Counter((c.method, c.seed) for c in configs) == Counter(
+        (m, s) for m in ("bn", "convnorm+bn", "sn", "oni", "ocnn") for s in (0, 1))
+    assert {c.dataset for c in configs} == {"cifar10"}
+
+
+def test_gan_study_compares_placements_at_one_budget():
+    configs = study_configs("gan-cifar10-cnn")
+    assert Counter((c.d_norm, c.g_norm, c.seed) for c in configs) == Counter(
+        (d, g, s) for s in (0, 1) for d, g in studies.GAN_PLACEMENTS)
+    assert studies.GAN_PLACEMENTS[0] == ("sn", "bn")  # the SN-GAN baseline comes first
+    assert {(c.arch, c.dataset, c.fid_samples) for c in configs} == {("cnn", "cifar10", 5000)}
+
+
+def test_unknown_study_is_named_in_the_error():
+    with pytest.raises(ValueError, match="unknown study 'nope'"):
+        study_configs("nope")
+
+
+def test_a_claim_is_exclusive_and_released(tmp_path):
+    with claim_run(str(tmp_path), "a") as first:
+        with claim_run(str(tmp_path), "a") as second, claim_run(str(tmp_path), "b") as other:
+            assert first and not second and other
+    with claim_run(str(tmp_path), "a") as again:
+        assert again
+
+
+def test_a_claim_held_by_another_process_is_seen_and_dies_with_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from convnorm.experiments.studies import claim_run
+        with claim_run({str(tmp_path)!r}, "run") as mine:
+            print(mine, flush=True)
+            sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with claim_run(str(tmp_path), "run") as mine:
+            assert not mine
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_run(str(tmp_path), "run") as mine:
+        assert mine
+
+
+def test_study_command_skips_runs_held_elsewhere_and_finishes_them_later(tmp_path, monkeypatch, capsys):
+    tiny = [preset("test", method="bn", epochs=1, seed=seed) for seed in (0, 1)]
+    monkeypatch.setitem(STUDIES, "tiny", lambda: list(tiny))
+    out, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    args = ["study", "tiny", "--out", str(out), "--checkpoints", str(ckpt)]
+    held = config_name(tiny[0])
+    with claim_run(str(ckpt), held):
+        assert main(args) == 0
+        text = capsys.readouterr().out
+        assert f"{held}: training in another process, skipped" in text and "rerun this command" in text
+        assert not (out / f"{held}.json").exists() and (out / f"{config_name(tiny[1])}.json").exists()
+        assert main(args + ["--list"]) == 0
+        assert "(training in another process)" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "all 2 runs complete" in capsys.readouterr().out
+    assert (out / f"{held}.json").exists()
