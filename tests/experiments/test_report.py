@@ -65,3 +65,23 @@ def test_corrupt_record_is_named(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         build_report(str(tmp_path))
+
+
+def test_reading_judges_differences_against_the_seed_spread(tmp_path):
+    accs = {("bn", 0.0): (0.90, 0.92), ("convnorm", 0.0): (0.95, 0.955),  # +4.25 > 2 x 1.41: better
+            ("bn", 0.4): (0.81, 0.79), ("convnorm", 0.4): (0.80, 0.82),   # +1.00: within spread
+            ("bn", 0.8): (0.60, 0.61), ("convnorm+bn", 0.8): (0.50, 0.52),  # -9.50 > 2 x 1.41: worse
+            ("convnorm+bn", 0.4): (0.95, 0.96)}                            # +15.50: better
+    i = 0
+    for (method, rate), pair in accs.items():
+        for seed, acc in enumerate(pair):
+            write_json(str(tmp_path / f"r{i}.json"), fake_run(method, rate, seed, acc, acc))
+            i += 1
+    write_json(str(tmp_path / "single.json"), fake_run("sn", 0.4, 0, 0.7, 0.7))
+    text = open(build_report(str(tmp_path))).read()
+    assert "- convnorm against bn, 2 condition(s): better in 1: clean (+4.25); within spread in 1: sym 40% (+1.00)." \
+        in text
+    assert "- convnorm+bn against bn, 2 condition(s): better in 1: sym 40% (+15.50); worse in 1: sym 80% (-9.50)." \
+        in text
+    assert "- sn against bn, 1 condition(s): one seed in 1: sym 40% (-10.00)." in text
+    assert "These records agree for convnorm+bn at sym 40%; they disagree for convnorm+bn at sym 80%" in text

@@ -92,6 +92,7 @@ def _train_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_d
         lines += [f"### {setting}", ""]
         lines += _noise_table(runs) + [""]
         lines += _difference_table(runs) + [""]
+        lines += _reading(runs)
         frac_table = _fraction_table(runs)
         if frac_table:
             lines += frac_table + [""]
@@ -162,6 +163,67 @@ def _difference_table(runs: List[Dict[str, Any]]) -> List[str]:
             cells.append(f"{(mm - mb) * 100:+.2f} ({spread})")
         out.append(f"| {cond} | " + " | ".join(cells) + " |")
     return out
+
+
+#: A difference to BN counts when it exceeds this many of the larger seed standard deviation.
+SPREAD_FACTOR = 2.0
+
+
+def _verdicts(runs: List[Dict[str, Any]], method: str) -> List[Tuple[str, str, float]]:
+    """(condition, verdict, difference in points) of ``method`` against BN, per condition both ran.
+
+    Verdicts: "better"/"worse" when the mean final test accuracies differ by more than
+    :data:`SPREAD_FACTOR` times the larger seed std, "within spread" otherwise, "one seed"
+    when neither side has two seeds.
+    """
+    out = []
+    conditions = sorted({_condition(r) for r in runs}, key=lambda c: (_noise_sort(c.split(",")[0]), c))
+    for cond in conditions:
+        base = [r["final_test_acc"] for r in runs if r["config"]["method"] == "bn" and _condition(r) == cond]
+        acc = [r["final_test_acc"] for r in runs if r["config"]["method"] == method and _condition(r) == cond]
+        if not base or not acc:
+            continue
+        (mb, sb), (mm, sm) = mean_std(base), mean_std(acc)
+        spreads = [x for x in (sb, sm) if not math.isnan(x)]
+        diff = mm - mb
+        if len(base) < 2 or len(acc) < 2 or not spreads:
+            verdict = "one seed"
+        elif abs(diff) > SPREAD_FACTOR * max(spreads):
+            verdict = "better" if diff > 0 else "worse"
+        else:
+            verdict = "within spread"
+        out.append((cond, verdict, diff * 100))
+    return out
+
+
+def _reading(runs: List[Dict[str, Any]]) -> List[str]:
+    """A generated reading of the difference table: where each method beats BN, and by how much."""
+    methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
+    if not any(r["config"]["method"] == "bn" for r in runs) or not methods:
+        return []
+    out = [f"Reading (generated): a method is better or worse than BN in a condition when its mean final test "
+           f"accuracy differs by more than {SPREAD_FACTOR:g} times the larger seed standard deviation; "
+           "otherwise the difference is within the seed spread. Conditions with one seed are not judged.", ""]
+    for m in methods:
+        verdicts = _verdicts(runs, m)
+        if not verdicts:
+            continue
+        parts = []
+        for kind in ("better", "worse", "within spread", "one seed"):
+            conds = [f"{c} ({d:+.2f})" for c, v, d in verdicts if v == kind]
+            if conds:
+                parts.append(f"{kind} in {len(conds)}: " + ", ".join(conds))
+        out.append(f"- {m} against bn, {len(verdicts)} condition(s): " + "; ".join(parts) + ".")
+    claims = [(m, v) for m in ("convnorm", "convnorm+bn") for v in _verdicts(runs, m)
+              if v[0] != "clean" and v[1] in ("better", "worse")]
+    if claims:
+        agree = [f"{m} at {c}" for m, (c, v, _) in claims if v == "better"]
+        disagree = [f"{m} at {c}" for m, (c, v, _) in claims if v == "worse"]
+        out += ["", "The paper claims ConvNorm beats BN under label noise and with scarce data. These records "
+                + (f"agree for {', '.join(agree)}" if agree else "agree nowhere")
+                + ("; they disagree for " + ", ".join(disagree) if disagree else "; nothing here contradicts it")
+                + " (the other noisy or scarce conditions are within the seed spread or have one seed)."]
+    return out + [""]
 
 
 def _fraction_table(runs: List[Dict[str, Any]]) -> List[str]:

@@ -851,6 +851,47 @@ def _check_cell(check: Dict[str, Any], text: str) -> str:
     return ("yes" if check["passed"] else "**NO**") + f" ({text})"
 
 
+def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
+    """Generated: does the ranking of methods here match the published one, pair by pair?
+
+    A pair of methods with published numbers is "ordered as published" when the sign of
+    the difference of mean accuracies is the same here; a disagreement is "beyond the seed
+    spread" when it exceeds twice the larger seed standard deviation of the two methods.
+    """
+    from convnorm.experiments.report import mean_std  # lazily: report may import this module
+
+    out = []
+    for column, key in (("FGSM", "fgsm_acc"), ("PGD", "pgd_acc")):
+        published = {m: fg if column == "FGSM" else pg for m, _, fg, pg in PUBLISHED_FREE_AT}
+        published = {m: v for m, v in published.items() if v is not None}
+        here = {m: [r[key] for r in runs if r["config"]["method"] == m] for m in published}
+        here = {m: v for m, v in here.items() if v}
+        if len(here) < 2:
+            continue
+        stats = {m: mean_std(v) for m, v in here.items()}
+        ranked = sorted(here, key=lambda m: -stats[m][0])
+        pairs = agree = beyond = 0
+        for i, a in enumerate(ranked):
+            for b in ranked[i + 1:]:
+                if published[a] == published[b]:
+                    continue
+                pairs += 1
+                if published[a] > published[b]:
+                    agree += 1
+                else:
+                    spreads = [s for s in (stats[a][1], stats[b][1]) if not math.isnan(s)]
+                    beyond += bool(spreads) and stats[a][0] - stats[b][0] > 2 * max(spreads)
+        order_here = " > ".join(f"{m} {stats[m][0] * 100:.1f}" for m in ranked)
+        order_pub = " > ".join(f"{m} {published[m]:.1f}" for m in sorted(here, key=lambda m: -published[m]))
+        out.append(f"- {column}, ranked here: {order_here}; published: {order_pub}. Pairs ordered as published: "
+                   f"{agree} of {pairs}; of the others, {beyond} differ here by more than twice the larger seed "
+                   "standard deviation.")
+    if not out:
+        return []
+    return ["Reading (generated), against the published ranking (the published gaps are small too, "
+            "about a point or less between the top methods):", ""] + out + [""]
+
+
 def report_section(folder: str) -> List[str]:
     """Markdown lines from the records of kind ``"robust"`` under ``folder``.
 
@@ -892,6 +933,7 @@ def report_section(folder: str) -> List[str]:
                          f"{format_mean_std([r['fgsm_acc'] for r in rs])} | "
                          f"{format_mean_std([r['pgd_acc'] for r in rs])} | {passed}/{len(rs)} |")
         lines += ["", _differences(cfg), ""]
+        lines += _published_order_lines(runs)
         sweep_eps = [_eps_text(s["eps"]) for s in runs[0]["evaluation"]["eps_sweep"]]
         lines += [f"Gradient-masking checks per run: PGD accuracy (%) over the eps sweep ({', '.join(sweep_eps)}) "
                   "must fall (up to the tolerance) and reach about zero; PGD must not be weaker than FGSM "
