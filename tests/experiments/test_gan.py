@@ -285,6 +285,7 @@ def test_report_section_shows_fid_validation_records(tmp_path):
     text = "\n".join(report_section(str(tmp_path)))
     assert "| train[:N] vs train[N:2N] | 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "train[:N] vs test[:M]" in text and "published, not run here" in text
+    assert "| all training vs all test images (commonly reported; not run here) | 50000 + 10000 | about 3 |" in text
 
 
 def test_curve_at_its_own_sample_count_and_final_at_the_full_count(tmp_path):

@@ -870,7 +870,7 @@ def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
             continue
         stats = {m: mean_std(v) for m, v in here.items()}
         ranked = sorted(here, key=lambda m: -stats[m][0])
-        pairs = agree = beyond = 0
+        pairs = agree = beyond = unjudged = 0
         for i, a in enumerate(ranked):
             for b in ranked[i + 1:]:
                 if published[a] == published[b]:
@@ -880,12 +880,13 @@ def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
                     agree += 1
                 else:
                     spreads = [s for s in (stats[a][1], stats[b][1]) if not math.isnan(s)]
+                    unjudged += not spreads
                     beyond += bool(spreads) and stats[a][0] - stats[b][0] > 2 * max(spreads)
         order_here = " > ".join(f"{m} {stats[m][0] * 100:.1f}" for m in ranked)
         order_pub = " > ".join(f"{m} {published[m]:.1f}" for m in sorted(here, key=lambda m: -published[m]))
         out.append(f"- {column}, ranked here: {order_here}; published: {order_pub}. Pairs ordered as published: "
                    f"{agree} of {pairs}; of the others, {beyond} differ here by more than twice the larger seed "
-                   "standard deviation.")
+                   "standard deviation" + (f" ({unjudged} with one seed each, not judged)" if unjudged else "") + ".")
     if not out:
         return []
     return ["Reading (generated), against the published ranking (the published gaps are small too, "
