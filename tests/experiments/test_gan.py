@@ -297,12 +297,54 @@ def test_curve_at_its_own_sample_count_and_final_at_the_full_count(tmp_path):
     assert record["final_fid"] == full["fid"] and record["final_kid"] == full["kid"]
     # the curve's last point scores the first 10 of the 24 final images: a different, larger-bias number
     assert record["fid_curve"][1]["fid"] != full["fid"]
+    # ... and exactly those: regenerate the final 24 images from the checkpoint and score them
+    from convnorm.experiments import gan as ganlib
+    from convnorm.experiments.fid import fid_from_features
+    from convnorm.experiments.models.sngan import build_sngan
+
+    state = torch.load(tmp_path / "c" / f"{run_name(config)}.pt", weights_only=False)
+    g, _ = build_sngan(config.arch, d_norm=config.d_norm, g_norm=config.g_norm, z_dim=config.z_dim,
+                       g_width=config.g_width, d_width=config.d_width)
+    g.load_state_dict(state["generator"])
+    images = ganlib._generate(g, ganlib._fixed_noise(config.seed, 24, config.z_dim, stream=2), torch.device("cpu"))
+    feats = _FakeFeatures()(images).double()
+    # the reference features pass through float32, as cached features do
+    reference = _FakeFeatures()(ganlib._training_images("synthetic", None)[:40]).float().double()
+    assert fid_from_features(feats, reference) == pytest.approx(full["fid"], rel=1e-6)
+    assert fid_from_features(feats[:10], reference) == pytest.approx(record["fid_curve"][1]["fid"], rel=1e-6)
     text = "\n".join(report_section(str(tmp_path)))
     assert "Finished runs, mean ± sample standard deviation over seeds" in text
-    assert f"| {full['fid']:.2f} |" in text and f"{record['fid_curve'][1]['fid']:.2f} (10, it 3)" in text
-    for bad in (1, 25):
+    assert f"| 24 vs 40 | {full['fid']:.2f} | {full['kid'] * 1e3:.2f} ± {full['kid_std'] * 1e3:.2f} | " \
+        f"{record['fid_curve'][1]['fid']:.2f} (10, it 3) |" in text
+    for bad in (dict(fid_samples=24, fid_curve_samples=1), dict(fid_samples=24, fid_curve_samples=25),
+                dict(fid_samples=0, fid_curve_samples=10)):
         with pytest.raises(ValueError, match="fid_curve_samples"):
-            _tiny(fid_samples=24, fid_curve_samples=bad)
+            _tiny(**bad)
+
+
+def test_interrupted_run_with_a_curve_count_resumes_to_the_same_rows(tmp_path):
+    config = _tiny(fid_samples=24, fid_curve_samples=10)
+    kw = dict(log=None, feature_extractor=_FakeFeatures(), fid_cache_dir=None)
+    full = train_gan(config, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "ca"), **kw)
+    part = train_gan(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"), stop_after=2, **kw)
+    assert [(row["iteration"], row["samples"]) for row in part["fid_curve"]] == [(2, 10)]
+    resumed = train_gan(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"), **kw)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(resumed["fid_curve"]) == strip(full["fid_curve"]) and resumed["final_fid"] == full["final_fid"]
+
+
+def test_gan_train_command_uses_the_preset_and_fits_the_curve_to_fewer_samples(tmp_path, capsys):
+    from convnorm.experiments.cli import main
+
+    args = ["gan-train", "--preset", "cpu-cnn", "--dataset", "synthetic", "--iterations", "1", "--n-dis", "1",
+            "--batch-size", "4", "--g-width", "16", "--d-width", "16", "--fid-samples", "0",
+            "--out", str(tmp_path / "r"), "--checkpoints", str(tmp_path / "c")]
+    assert main(args) == 0
+    assert "status complete" in capsys.readouterr().out
+    (path,) = (tmp_path / "r").glob("*.json")
+    cfg = json.loads(path.read_text())["config"]
+    assert (cfg["fid_samples"], cfg["fid_curve_samples"], cfg["g_width"], cfg["fid_reference_samples"]) == \
+        (0, 0, 16, GAN_PRESETS["cpu-cnn"]["fid_reference_samples"])
 
 
 def test_summary_averages_seeds_of_one_setting(tmp_path):

@@ -79,9 +79,22 @@ def test_reading_judges_differences_against_the_seed_spread(tmp_path):
             i += 1
     write_json(str(tmp_path / "single.json"), fake_run("sn", 0.4, 0, 0.7, 0.7))
     text = open(build_report(str(tmp_path))).read()
-    assert "- convnorm against bn, 2 condition(s): better in 1: clean (+4.25); within spread in 1: sym 40% (+1.00)." \
+    assert "- convnorm against bn, 2 condition(s): higher in 1: clean (+4.25); within spread in 1: sym 40% (+1.00)." \
         in text
-    assert "- convnorm+bn against bn, 2 condition(s): better in 1: sym 40% (+15.50); worse in 1: sym 80% (-9.50)." \
+    assert "- convnorm+bn against bn, 2 condition(s): higher in 1: sym 40% (+15.50); lower in 1: sym 80% (-9.50)." \
         in text
     assert "- sn against bn, 1 condition(s): one seed in 1: sym 40% (-10.00)." in text
-    assert "These records agree for convnorm+bn at sym 40%; they disagree for convnorm+bn at sym 80%" in text
+    assert ("these records side with it for convnorm+bn at sym 40% and against it for convnorm+bn at sym 80%; "
+            "1 other noisy or scarce comparison(s) are within the spread or have one seed.") in text
+
+
+def test_reading_floors_the_spread_and_skips_single_seed_sides(tmp_path):
+    runs = [fake_run("bn", 0.4, 0, 0.800, 0.8), fake_run("bn", 0.4, 1, 0.800, 0.8),
+            fake_run("convnorm", 0.4, 0, 0.8015, 0.8), fake_run("convnorm", 0.4, 1, 0.8015, 0.8),  # +0.15 < 2 x 0.1
+            fake_run("bn", 0.8, 0, 0.5, 0.5), fake_run("bn", 0.8, 1, 0.6, 0.6), fake_run("convnorm", 0.8, 0, 0.9, 0.9)]
+    for i, r in enumerate(runs):
+        write_json(str(tmp_path / f"r{i}.json"), r)
+    text = open(build_report(str(tmp_path))).read()
+    assert "- convnorm against bn, 2 condition(s): within spread in 1: sym 40% (+0.15); one seed in 1: sym 80% " \
+        "(+35.00)." in text
+    assert "The paper claims" not in text  # nothing beyond the spread: no verdict on the claim

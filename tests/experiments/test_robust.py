@@ -441,11 +441,13 @@ def test_report_section_from_records(tmp_path):
 
 def test_report_reads_a_disagreement_with_the_published_ranking(tmp_path):
     records = [_fake_record("sn", 0, 0.7, 0.50, 0.40), _fake_record("sn", 1, 0.7, 0.51, 0.41),
-               _fake_record("convnorm+bn", 0, 0.7, 0.40, 0.405), _fake_record("convnorm+bn", 1, 0.7, 0.41, 0.415)]
+               _fake_record("convnorm+bn", 0, 0.7, 0.40, 0.405), _fake_record("convnorm+bn", 1, 0.7, 0.41, 0.415),
+               _fake_record("oni", 0, 0.7, 0.60, 0.30)]
     for r in records:
         (tmp_path / f"{r['name']}.json").write_text(json.dumps(r))
     text = "\n".join(report_section(str(tmp_path)))
-    assert ("- FGSM, ranked here: sn 50.5 > convnorm+bn 40.5; published: convnorm+bn 52.9 > sn 52.3. "
-            "Pairs ordered as published: 0 of 1; of the others, 1 differ here by more than twice") in text
-    assert ("- PGD, ranked here: convnorm+bn 41.0 > sn 40.5; published: convnorm+bn 44.8 > sn 44.5. "
-            "Pairs ordered as published: 1 of 1") in text
+    assert ("- FGSM, ranked here: oni 60.0 > sn 50.5 > convnorm+bn 40.5; published: convnorm+bn 52.9 > sn 52.3 > "
+            "oni 48.3. Pairs ordered as published: 0 of 3; of the others, 1 differ here by more than twice the larger "
+            "seed standard deviation (2 with a single seed on a side, not judged).") in text
+    assert ("- PGD, ranked here: convnorm+bn 41.0 > sn 40.5 > oni 30.0; published: convnorm+bn 44.8 > sn 44.5 > "
+            "oni 41.1. Pairs ordered as published: 3 of 3") in text

@@ -149,7 +149,9 @@ def _add_study(sub) -> None:
         import dataclasses
 
         from convnorm.experiments.records import read_json
-        from convnorm.experiments.studies import claim_run, config_name, run_config, study_configs
+        import time
+
+        from convnorm.experiments.studies import claim_run, config_name, run_config, run_is_claimed, study_configs
 
         out = args.out or os.path.join("results", args.name)
         ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
@@ -159,21 +161,24 @@ def _add_study(sub) -> None:
                 name = config_name(c)
                 path = os.path.join(out, name + ".json")
                 state = read_json(path).get("status", "?") if os.path.exists(path) else "not started"
-                if state != "complete":
-                    with claim_run(ckpt, name) as free:
-                        state += "" if free else " (training in another process)"
+                if state != "complete" and run_is_claimed(ckpt, name):
+                    state += " (training in another process)"
                 print(f"{state:12s} {name}")
             return 0
         held = []
         for i, c in enumerate(configs):
             name = config_name(c)
-            with claim_run(ckpt, name) as mine:
-                if not mine:
-                    print(f"[{i + 1}/{len(configs)}] {name}: training in another process, skipped", flush=True)
-                    held.append(name)
-                    continue
-                print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
-                run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+            for attempt in range(2):  # a second try: `--list` may have probed the lock at that instant
+                with claim_run(ckpt, name) as mine:
+                    if mine:
+                        print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
+                        run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+                        break
+                if attempt == 0:
+                    time.sleep(1.0)
+            else:
+                print(f"[{i + 1}/{len(configs)}] {name}: training in another process, skipped", flush=True)
+                held.append(name)
         if held:
             print(f"study {args.name}: {len(held)} of {len(configs)} runs are training in other processes; "
                   "rerun this command when they finish")
@@ -286,7 +291,13 @@ def _add_gan(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA of generator weights")
     p.add_argument("--fid-every", type=int)
-    p.add_argument("--fid-samples", type=int, help="generated images per FID evaluation")
+    p.add_argument("--g-width", type=int, help="generator width (channels at 4x4 for the CNN)")
+    p.add_argument("--d-width", type=int, help="discriminator width (channels of its last conv for the CNN)")
+    p.add_argument("--fid-samples", type=int, help="generated images of the last FID evaluation")
+    p.add_argument("--fid-curve-samples", type=int,
+                   help="generated images of the FID evaluations before the last (0: --fid-samples; default: the "
+                        "preset's, or 0 when that exceeds --fid-samples)")
+    p.add_argument("--fid-reference-samples", type=int, help="reference: the first this many training images")
     p.add_argument("--sample-every", type=int)
     p.add_argument("--dataset", choices=("cifar10", "synthetic"))
     p.add_argument("--seed", type=int)
@@ -298,9 +309,16 @@ def _add_gan(sub) -> None:
     def run(args) -> int:
         from convnorm.experiments.gan import gan_config_from_args, train_gan
 
-        keys = ("arch", "d_norm", "g_norm", "iterations", "n_dis", "batch_size", "lr", "ema", "fid_every",
-                "fid_samples", "sample_every", "dataset", "seed", "data_root")
-        config = gan_config_from_args(args.preset, **{k: getattr(args, k) for k in keys})
+        from convnorm.experiments.gan import GAN_PRESETS
+
+        keys = ("arch", "d_norm", "g_norm", "iterations", "n_dis", "batch_size", "lr", "ema", "g_width", "d_width",
+                "fid_every", "fid_samples", "fid_curve_samples", "fid_reference_samples", "sample_every", "dataset",
+                "seed", "data_root")
+        values = {k: getattr(args, k) for k in keys}
+        if (args.fid_samples is not None and args.fid_curve_samples is None
+                and GAN_PRESETS[args.preset].get("fid_curve_samples", 0) > args.fid_samples):
+            values["fid_curve_samples"] = 0  # fewer samples than the preset's curve: one count throughout
+        config = gan_config_from_args(args.preset, **values)
         record = train_gan(config, out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
         print(f"{record.get('name', '')}: status {record.get('status')}")
         return 0

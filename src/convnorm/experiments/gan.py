@@ -21,10 +21,13 @@ Files of a run named ``<name>``:
   written atomically every ``checkpoint_every`` iterations, after each FID evaluation and
   at the end.
 
-FID and KID (see :mod:`convnorm.experiments.fid`) compare ``fid_samples`` generated images
-(fixed noise, generator in eval mode, or its EMA) with the first ``fid_reference_samples``
-training images, whose features are cached. FID is biased upward at small sample counts:
-compare runs only at equal counts.
+FID and KID (see :mod:`convnorm.experiments.fid`) compare generated images (fixed noise,
+generator in eval mode, or its EMA) with the first ``fid_reference_samples`` training
+images, whose features are cached: ``fid_curve_samples`` images along the way and
+``fid_samples`` at the last iteration, where the first ``fid_curve_samples`` of them are
+also scored, so the record's ``fid_curve`` has two rows at the last iteration, told apart
+by their ``samples``; ``final_fid``/``final_kid`` are the ``fid_samples`` row. FID is
+biased upward at small sample counts: compare runs only at equal counts.
 """
 from __future__ import annotations
 
@@ -101,6 +104,8 @@ class GANConfig:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.fid_samples and (self.fid_samples < 2 or self.fid_reference_samples < 2):
             raise ValueError("fid_samples and fid_reference_samples must be at least 2 when FID is on")
+        if not self.fid_samples and self.fid_curve_samples:
+            raise ValueError("fid_curve_samples needs FID on (fid_samples > 0); set it to 0")
         if self.fid_samples and not (self.fid_curve_samples == 0 or 2 <= self.fid_curve_samples <= self.fid_samples):
             raise ValueError(f"fid_curve_samples must be 0 or between 2 and fid_samples ({self.fid_samples}), "
                              f"got {self.fid_curve_samples}")
@@ -533,7 +538,9 @@ def _validation_lines(folder: str) -> List[str]:
     lines += ["| all training vs all test images (commonly reported; not run here) | 50000 + 10000 | about 3 | — |",
               "", "Two halves of one distribution are not at FID 0: what remains is FID's finite-sample bias at "
               "that N, the floor under which a generator's FID at the same N cannot be read. The bias falls "
-              "roughly like 1/N, which is why the same comparison on all 60,000 images reads about 3.", ""]
+              "roughly like 1/N; the usual figure for all training against all test images is far lower because "
+              "it uses many more images (and part of what remains there is a real train/test difference).",
+              ""]
     return lines
 
 
@@ -577,15 +584,16 @@ def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
     if not groups:
         return []
     lines = ["Finished runs, mean ± sample standard deviation over seeds:", "",
-             "| data | arch | widths G/D | D norm | G norm | iterations | seeds | FID samples | FID | KID (×10³) | "
-             "train time per run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| data | arch | widths G/D | D norm | G norm | iterations | n_dis | EMA | seeds | FID samples | FID | "
+             "KID (×10³) | train time per run |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for setting in sorted(groups):
         recs = groups[setting]
         cfg = recs[0]["config"]
         rows = [_final_row(rec) for rec in recs]
         widths = f"{cfg['g_width'] or 'paper'}/{cfg['d_width'] or 'paper'}"
         lines.append(f"| {cfg['dataset']} | {cfg['arch']} | {widths} | {cfg['d_norm']} | {cfg['g_norm']} | "
-                     f"{cfg['iterations']} | {len(recs)} | {rows[0]['samples']} vs {rows[0]['reference_samples']} | "
+                     f"{cfg['iterations']} | {cfg['n_dis']} | {'yes' if cfg.get('ema') else 'no'} | {len(recs)} | "
+                     f"{rows[0]['samples']} vs {rows[0]['reference_samples']} | "
                      f"{_mean_std([r['fid'] for r in rows])} | {_mean_std([r['kid'] * 1e3 for r in rows])} | "
                      f"{_duration(sum(rec['train_time_s'] for rec in recs) / len(recs))} |")
     return lines + [""]

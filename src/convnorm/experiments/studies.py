@@ -22,7 +22,7 @@ from convnorm.experiments.gan import run_name as gan_run_name
 from convnorm.experiments.robust import AdvConfig, adv_preset, adv_run_name, train_free_at
 from convnorm.experiments.train import TrainConfig, preset, run_name, train
 
-__all__ = ["STUDIES", "study_configs", "run_config", "config_name", "claim_run"]
+__all__ = ["STUDIES", "study_configs", "run_config", "config_name", "claim_run", "run_is_claimed"]
 
 StudyConfig = Union[TrainConfig, AdvConfig, GANConfig]
 
@@ -110,13 +110,36 @@ def claim_run(checkpoint_dir: str, name: str) -> Iterator[bool]:
     with open(os.path.join(checkpoint_dir, f"{name}.lock"), "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
+            mine = True
+        except BlockingIOError:  # held elsewhere; any other OSError (no flock support) is the caller's to see
+            mine = False
         try:
-            yield True
+            yield mine
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if mine:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_is_claimed(checkpoint_dir: str, name: str) -> bool:
+    """Whether a process holds the claim on run ``name`` now (read-only probe: creates nothing).
+
+    Takes a shared lock for an instant, so a worker claiming the run at that very moment
+    can miss it; the study command retries a failed claim once for that reason.
+    """
+    path = os.path.join(checkpoint_dir, f"{name}.lock")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    if not os.path.exists(path):
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def study_configs(name: str) -> List[StudyConfig]:
