@@ -355,3 +355,23 @@ def test_summary_averages_seeds_of_one_setting(tmp_path):
     std = abs(fids[0] - fids[1]) / 2 ** 0.5
     text = "\n".join(report_section(str(tmp_path)))
     assert f"| 2 | 24 vs 40 | {mean:.2f} ± {std:.2f} |" in text
+
+
+def test_sample_diversity_measures_spread_across_images():
+    from convnorm.experiments.gan import sample_diversity
+
+    same = torch.full((5, 3, 4, 4), 77, dtype=torch.uint8)
+    assert sample_diversity(same) == 0.0
+    pair = torch.stack([torch.zeros(3, 4, 4, dtype=torch.uint8), torch.full((3, 4, 4), 255, dtype=torch.uint8)])
+    assert sample_diversity(pair) == pytest.approx(2 ** -0.5)  # std (ddof 1) of {0, 1}
+    with pytest.raises(ValueError, match="N >= 2"):
+        sample_diversity(same[:1])
+
+
+def test_records_carry_sample_diversity(finished):
+    root, records = finished
+    record = records["sn"]
+    assert all(0 <= s["diversity"] <= 1 for s in record["samples"]) and 0 < record["real_diversity"] < 1
+    text = "\n".join(report_section(str(root / "results")))
+    last = max(record["samples"], key=lambda s: s["iteration"])
+    assert f"| {last['diversity']:.3f} ({record['real_diversity']:.3f}) |" in text
