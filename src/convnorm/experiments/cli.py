@@ -147,10 +147,9 @@ def _add_study(sub) -> None:
 
     def run(args) -> int:
         import dataclasses
-
-        from convnorm.experiments.records import read_json
         import time
 
+        from convnorm.experiments.records import read_json
         from convnorm.experiments.studies import claim_run, config_name, run_config, run_is_claimed, study_configs
 
         out = args.out or os.path.join("results", args.name)
@@ -307,9 +306,7 @@ def _add_gan(sub) -> None:
     p.add_argument("--device")
 
     def run(args) -> int:
-        from convnorm.experiments.gan import gan_config_from_args, train_gan
-
-        from convnorm.experiments.gan import GAN_PRESETS
+        from convnorm.experiments.gan import GAN_PRESETS, gan_config_from_args, train_gan
 
         keys = ("arch", "d_norm", "g_norm", "iterations", "n_dis", "batch_size", "lr", "ema", "g_width", "d_width",
                 "fid_every", "fid_samples", "fid_curve_samples", "fid_reference_samples", "sample_every", "dataset",

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convnorm.experiments.models.sngan import ARCHS, D_NORMS, G_NORMS, build_sngan
-from convnorm.experiments.records import atomic_write_bytes, config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
+from convnorm.experiments.records import atomic_write_bytes, config_digest, config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
 
 __all__ = ["GANConfig", "GAN_PRESETS", "gan_config_from_args", "run_name", "train_gan", "hinge_loss_discriminator",
            "hinge_loss_generator", "encode_png", "image_grid", "report_section", "sample_diversity",
@@ -168,7 +167,7 @@ def gan_config_from_args(preset: Optional[str] = None, **kwargs) -> GANConfig:
 
 def run_name(config: GANConfig) -> str:
     """A readable, unique file stem: key settings plus a short hash of the whole config."""
-    digest = hashlib.sha1(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    digest = config_digest(config)
     ema = "-ema" if config.ema else ""
     return (f"gan-{config.dataset}-{config.arch}-d_{config.d_norm.replace('+', '_')}-"
             f"g_{config.g_norm.replace('+', '_')}-it{config.iterations}{ema}-s{config.seed}-{digest}")
@@ -579,18 +578,9 @@ def _curve(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [row for row in rec.get("fid_curve") or [] if row["samples"] == count]
 
 
-def _mean_std(values: List[float]) -> str:
-    if not values:
-        return "—"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.2f} ± {std:.2f}"
-
-
 def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
     """Mean ± sample std over seeds of the finished runs, per setting."""
+    from convnorm.experiments.report import format_mean_std  # lazily: report imports this module
     groups: Dict[Tuple, List[Dict[str, Any]]] = {}
     for _, rec in runs:
         if rec["status"] == "complete" and _final_row(rec) is not None:
@@ -608,7 +598,8 @@ def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
         lines.append(f"| {cfg['dataset']} | {cfg['arch']} | {widths} | {cfg['d_norm']} | {cfg['g_norm']} | "
                      f"{cfg['iterations']} | {cfg['n_dis']} | {'yes' if cfg.get('ema') else 'no'} | {len(recs)} | "
                      f"{rows[0]['samples']} vs {rows[0]['reference_samples']} | "
-                     f"{_mean_std([r['fid'] for r in rows])} | {_mean_std([r['kid'] * 1e3 for r in rows])} | "
+                     f"{format_mean_std([r['fid'] for r in rows], 1.0)} | "
+                     f"{format_mean_std([r['kid'] * 1e3 for r in rows], 1.0)} | "
                      f"{_duration(sum(rec['train_time_s'] for rec in recs) / len(recs))} |")
     return lines + [""]
 

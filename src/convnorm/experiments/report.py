@@ -138,22 +138,29 @@ def _condition(r: Dict[str, Any]) -> str:
     return _noise_label(cfg) + frac
 
 
+def _conditions(runs: List[Dict[str, Any]]) -> List[str]:
+    """The runs' conditions (noise, then data fraction), clean first."""
+    return sorted({_condition(r) for r in runs}, key=lambda c: (_noise_sort(c.split(",")[0]), c))
+
+
+def _final_accuracies(runs: List[Dict[str, Any]], method: str, condition: str) -> List[float]:
+    return [r["final_test_acc"] for r in runs if r["config"]["method"] == method and _condition(r) == condition]
+
+
 def _difference_table(runs: List[Dict[str, Any]]) -> List[str]:
     """Each method's final test accuracy minus BN's, next to the seed-to-seed spread."""
     if not any(r["config"]["method"] == "bn" for r in runs):
         return []
-    conditions = sorted({_condition(r) for r in runs}, key=lambda c: (_noise_sort(c.split(",")[0]), c))
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
     if not methods:
         return []
     out = ["Final test accuracy minus BN's (percentage points), with the larger of the two seed standard "
            "deviations in brackets (— with one seed): a difference well inside the bracket is not a difference.",
            "", "| condition | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for cond in conditions:
-        base = [r["final_test_acc"] for r in runs if r["config"]["method"] == "bn" and _condition(r) == cond]
+    for cond in _conditions(runs):
         cells = []
         for m in methods:
-            acc = [r["final_test_acc"] for r in runs if r["config"]["method"] == m and _condition(r) == cond]
+            base, acc = _final_accuracies(runs, "bn", cond), _final_accuracies(runs, m, cond)
             if not acc or not base:
                 cells.append("—")
                 continue
@@ -180,10 +187,8 @@ def _verdicts(runs: List[Dict[str, Any]], method: str) -> List[Tuple[str, str, f
     three seeds a side this is a screen, not a significance test.
     """
     out = []
-    conditions = sorted({_condition(r) for r in runs}, key=lambda c: (_noise_sort(c.split(",")[0]), c))
-    for cond in conditions:
-        base = [r["final_test_acc"] for r in runs if r["config"]["method"] == "bn" and _condition(r) == cond]
-        acc = [r["final_test_acc"] for r in runs if r["config"]["method"] == method and _condition(r) == cond]
+    for cond in _conditions(runs):
+        base, acc = _final_accuracies(runs, "bn", cond), _final_accuracies(runs, method, cond)
         if not base or not acc:
             continue
         (mb, sb), (mm, sm) = mean_std(base), mean_std(acc)

@@ -884,11 +884,10 @@ def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
                 pairs += 1
                 if published[a] > published[b]:
                     agree += 1
+                elif len(here[a]) < 2 or len(here[b]) < 2:
+                    unjudged += 1
                 else:
-                    if len(here[a]) < 2 or len(here[b]) < 2:
-                        unjudged += 1
-                    else:
-                        beyond += stats[a][0] - stats[b][0] > 2 * max(stats[a][1], stats[b][1])
+                    beyond += stats[a][0] - stats[b][0] > 2 * max(stats[a][1], stats[b][1])
         order_here = " > ".join(f"{m} {stats[m][0] * 100:.1f}" for m in ranked)
         order_pub = " > ".join(f"{m} {published[m]:.1f}" for m in sorted(here, key=lambda m: -published[m]))
         out.append(f"- {column}, ranked here: {order_here}; published: {order_pub}. Pairs ordered as published: "

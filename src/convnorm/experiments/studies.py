@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterator, List, Union
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 from convnorm.experiments.gan import GANConfig, gan_config_from_args, train_gan
 from convnorm.experiments.gan import run_name as gan_run_name
@@ -78,19 +78,22 @@ STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
 }
 
 
+# Per config type: its run name and its (resumable) trainer.
+_RUNNERS: Dict[type, Tuple[Callable[[Any], str], Callable[..., Dict[str, Any]]]] = {
+    TrainConfig: (run_name, train),
+    AdvConfig: (adv_run_name, train_free_at),
+    GANConfig: (gan_run_name, train_gan),
+}
+
+
 def config_name(config: StudyConfig) -> str:
     """The run (record) name of a study config."""
-    if isinstance(config, GANConfig):
-        return gan_run_name(config)
-    return adv_run_name(config) if isinstance(config, AdvConfig) else run_name(config)
+    return _RUNNERS[type(config)][0](config)
 
 
 def run_config(config: StudyConfig, *, out_dir: str, checkpoint_dir: str, device=None) -> Dict[str, Any]:
     """Train (or resume, or return) one config of a study with the right trainer."""
-    if isinstance(config, GANConfig):
-        return train_gan(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
-    trainer = train_free_at if isinstance(config, AdvConfig) else train
-    return trainer(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
+    return _RUNNERS[type(config)][1](config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
 
 
 @contextlib.contextmanager
