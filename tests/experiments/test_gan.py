@@ -170,7 +170,7 @@ def test_config_from_args_ignores_none_and_parses_betas():
         gan_config_from_args("nope")
     assert run_name(gan_config_from_args(seed=1)) != run_name(gan_config_from_args(seed=2))
     assert run_name(gan_config_from_args(sample_every=7)) == run_name(gan_config_from_args())
-    assert set(GAN_PRESETS) >= {"paper-cnn", "paper-resnet", "cpu-cnn", "test"}
+    assert set(GAN_PRESETS) >= {"paper-cnn", "paper-resnet", "cpu-cnn", "cpu-resnet", "test"}
 
 
 # -- training -------------------------------------------------------------------------------

