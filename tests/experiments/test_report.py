@@ -1,5 +1,7 @@
 """`convnorm report`: tables from records, byte-identical on regeneration."""
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,19 @@ def test_reading_floors_the_spread_and_skips_single_seed_sides(tmp_path):
     assert "- convnorm against bn, 2 condition(s): within spread in 1: sym 40% (+0.15); one seed in 1: sym 80% " \
         "(+35.00)." in text
     assert "The paper claims" not in text  # nothing beyond the spread: no verdict on the claim
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+@pytest.mark.skipif(not (RESULTS / "README.md").is_file(), reason="no committed results folder")
+def test_committed_report_is_what_its_records_generate(tmp_path):
+    # The published report must be the report of the published records, byte for byte; a
+    # stale README (records changed, report not regenerated) fails here. Figures are only
+    # checked to exist: their PNG bytes depend on the matplotlib release.
+    copy = tmp_path / "results"
+    shutil.copytree(RESULTS, copy, ignore=shutil.ignore_patterns("README.md", "figures"))
+    regenerated = Path(build_report(str(copy)))
+    assert regenerated.read_bytes() == (RESULTS / "README.md").read_bytes(), \
+        "results/README.md is stale: run `convnorm report results` and commit the result"
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(p.name for p in (RESULTS / "figures").iterdir())
