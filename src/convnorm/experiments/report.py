@@ -292,9 +292,10 @@ def _train_plots(runs: List[Dict[str, Any]], fig_dir: str, slug: str) -> List[Tu
             mem = [sum(r["epochs"][i]["memorized_noisy"] or 0 for r in rs) / len(rs) * 100 for i in range(n_ep)]
             ax1.plot(epochs, test, marker=".", label=m)
             ax2.plot(epochs, mem, marker=".", label=m)
-        ax1.set_xlabel("epoch")
+        for ax in (ax1, ax2):
+            ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax1.set_ylabel("clean test accuracy (%)")
-        ax2.set_xlabel("epoch")
         ax2.set_ylabel("noisy training labels fitted (%)")
         ax1.set_title(f"symmetric noise {worst * 100:g}%")
         ax2.set_title("memorisation of noisy labels")
