@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from convnorm.experiments.records import write_json
-from convnorm.experiments.report import build_report, format_mean_std, mean_std
+from convnorm.experiments.report import build_report, format_mean_std, mean_std, memorisation_onset
 
 
 def fake_run(method, noise_rate, seed, acc, best, frac=1.0, noise="symmetric"):
@@ -100,6 +100,36 @@ def test_reading_floors_the_spread_and_skips_single_seed_sides(tmp_path):
     assert "- convnorm against bn, 2 condition(s): within spread in 1: sym 40% (+0.15); one seed in 1: sym 80% " \
         "(+35.00)." in text
     assert "The paper claims" not in text  # nothing beyond the spread: no verdict on the claim
+
+
+@pytest.mark.parametrize("fitted, onset", [
+    ([0.30, 0.20, 0.15, 0.10], None),          # falls throughout: never memorises
+    ([0.30, 0.20, 0.205, 0.21], None),         # creeps up by less than the threshold
+    ([0.30, 0.20, 0.25, 0.40], 3),             # rises 5 points above its lowest earlier value
+    ([0.05, 0.06, 0.07, 0.08], 3),             # slow climb: 0.07 is the first more than 1 point above 0.05
+    ([0.10, 0.02, 0.05, 0.01], 3),             # a rise counts even if the fraction falls again later
+    ([], None),
+])
+def test_memorisation_onset_is_the_first_rise_above_the_running_minimum(fitted, onset):
+    assert memorisation_onset(fitted) == onset
+    # The slow reference: the first epoch whose value beats the minimum of all earlier ones by > 1 point.
+    reference = next((i + 1 for i in range(1, len(fitted)) if fitted[i] - min(fitted[:i]) > 0.01), None)
+    assert memorisation_onset(fitted) == reference
+
+
+def test_memorisation_reading_names_the_runs_that_start_memorising(tmp_path):
+    curves = {("bn", 0): [0.30, 0.20, 0.10], ("bn", 1): [0.25, 0.22, 0.21],
+              ("convnorm", 0): [0.40, 0.10, 0.30]}
+    for i, ((method, seed), fitted) in enumerate(curves.items()):
+        run = fake_run(method, 0.4, seed, 0.8, 0.8)
+        for epoch, value in zip(run["epochs"], fitted):
+            epoch["memorized_noisy"] = value
+        write_json(str(tmp_path / f"r{i}.json"), run)
+    write_json(str(tmp_path / "clean.json"), fake_run("bn", 0.0, 0, 0.9, 0.9))
+    text = open(build_report(str(tmp_path))).read()
+    assert ("- sym 40%, 3 run(s): 25.0–40.0% after epoch 1, 10.0–30.0% after epoch 3; memorisation sets in for 1: "
+            "convnorm seed 0 at epoch 3.") in text
+    assert "- clean" not in text.split("Memorisation (generated)")[1]
 
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"

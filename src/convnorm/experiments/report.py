@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from convnorm.experiments.records import iter_records
 
-__all__ = ["build_report", "mean_std", "format_mean_std"]
+__all__ = ["build_report", "mean_std", "format_mean_std", "memorisation_onset"]
 
 METHOD_ORDER = ("plain", "bn", "convnorm", "convnorm+bn", "sn", "oni", "ocnn")
 
@@ -96,6 +96,7 @@ def _train_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_d
         frac_table = _fraction_table(runs)
         if frac_table:
             lines += frac_table + [""]
+        lines += _memorisation_reading(runs)
         plots = _train_plots(runs, fig_dir, slug)
         for title, path in plots:
             lines += [f"![{title}]({os.path.relpath(path, folder)})", ""]
@@ -234,6 +235,56 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
                 + " and against it for " + (", ".join(disagree) if disagree else "no condition")
                 + (f"; {others} other noisy or scarce comparison(s) are within the spread or have one seed"
                    if others else "") + "."]
+    return out + [""]
+
+
+#: Memorisation counts as set in once the fraction of noisy labels fitted rises this far (a
+#: fraction, so 1 percentage point) above its lowest earlier value: the network has started to
+#: fit noisy labels it had been ignoring.
+MEMORISATION_RISE = 0.01
+
+
+def memorisation_onset(fitted: Sequence[float], rise: float = MEMORISATION_RISE) -> Optional[int]:
+    """The first epoch at which memorisation of noisy labels sets in, or None if it never does.
+
+    Args:
+        fitted: per epoch, the fraction in [0, 1] of noisy-labelled training samples that the
+            model predicts with their noisy label (the records' ``memorized_noisy``).
+        rise: how far above its lowest earlier value the fraction must climb to count.
+
+    Returns:
+        The 1-based epoch whose fraction exceeds the minimum over the earlier epochs by more
+        than ``rise``; None if no epoch does.
+    """
+    lowest = math.inf
+    for epoch, value in enumerate(fitted, 1):
+        if value > lowest + rise:
+            return epoch
+        lowest = min(lowest, value)
+    return None
+
+
+def _memorisation_reading(runs: List[Dict[str, Any]]) -> List[str]:
+    """Per noisy condition: how much noise the runs fit after the first and last epoch, and
+    which runs (if any) start memorising it."""
+    noisy = [r for r in runs if _noise_label(r["config"]) != "clean" and r["epochs"]
+             and all(e.get("memorized_noisy") is not None for e in r["epochs"])]
+    if not noisy:
+        return []
+    out = ["Memorisation (generated): the fraction of noisy-labelled training samples that the model predicts "
+           "with their noisy label, after the first and after the last epoch (lowest–highest over runs). "
+           f"Memorisation counts as set in at the first epoch where that fraction exceeds its lowest earlier "
+           f"value by more than {MEMORISATION_RISE * 100:g} point(s).", ""]
+    for cond in _conditions(noisy):
+        rs = sorted((r for r in noisy if _condition(r) == cond),
+                    key=lambda r: (_method_key(r["config"]["method"]), r["config"]["seed"]))
+        first = [r["epochs"][0]["memorized_noisy"] * 100 for r in rs]
+        last = [r["epochs"][-1]["memorized_noisy"] * 100 for r in rs]
+        onsets = [(r, memorisation_onset([e["memorized_noisy"] for e in r["epochs"]])) for r in rs]
+        started = [f"{r['config']['method']} seed {r['config']['seed']} at epoch {e}" for r, e in onsets if e]
+        out.append(f"- {cond}, {len(rs)} run(s): {min(first):.1f}–{max(first):.1f}% after epoch 1, "
+                   f"{min(last):.1f}–{max(last):.1f}% after epoch {len(rs[0]['epochs'])}; memorisation sets in "
+                   + (f"for {len(started)}: " + ", ".join(started) if started else "for none") + ".")
     return out + [""]
 
 
