@@ -52,6 +52,15 @@ def test_report_tables_come_from_records(tmp_path):
     assert (tmp_path / "figures").is_dir() and any(p.suffix == ".png" for p in (tmp_path / "figures").iterdir())
 
 
+def test_clean_runs_on_a_single_fraction_get_a_table(tmp_path):
+    # A study on 20% of the data: no full-data runs and no scarcity table to hold its clean runs.
+    for i, (method, acc) in enumerate((("bn", 0.70), ("convnorm", 0.60))):
+        write_json(str(tmp_path / f"r{i}.json"), fake_run(method, 0.0, 0, acc, acc, frac=0.2))
+    text = open(build_report(str(tmp_path))).read()
+    assert "20% of the training set" in text
+    assert "| convnorm | 60.00 / 60.00 (1) |" in text
+
+
 def test_report_is_byte_identical_when_regenerated(tmp_path):
     write_runs(tmp_path)
     path = build_report(str(tmp_path))

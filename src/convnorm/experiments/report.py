@@ -117,8 +117,8 @@ def _noise_table(runs: List[Dict[str, Any]]) -> List[str]:
     for frac in sorted(by_frac, reverse=True):
         rs = by_frac[frac]
         noises = sorted({_noise_label(r["config"]) for r in rs}, key=_noise_sort)
-        if noises == ["clean"] and frac != 1:
-            continue  # clean runs on a fraction belong to the scarcity table
+        if noises == ["clean"] and frac != max(by_frac):
+            continue  # clean runs on a smaller fraction belong to the scarcity table
         methods = sorted({r["config"]["method"] for r in rs}, key=_method_key)
         out += [f"Test accuracy (%) under label noise, {frac * 100:g}% of the training set: "
                 "final epoch / best-validation epoch, mean ± std over seeds (n seeds).", "",
