@@ -90,7 +90,7 @@ def _train_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_d
         slug = "".join(c if c.isalnum() else "-" for c in setting.split(",")[0] + "-" + setting.split(",")[1].strip())
         slug = f"{slug}-{runs[0]['config']['epochs']}ep"
         lines += [f"### {setting}", ""]
-        lines += _noise_table(runs) + [""]
+        lines += _noise_table(runs)  # each of its tables ends in a blank line
         lines += _difference_table(runs) + [""]
         lines += _reading(runs)
         frac_table = _fraction_table(runs)
