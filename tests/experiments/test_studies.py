@@ -123,3 +123,17 @@ def test_study_command_skips_runs_held_elsewhere_and_finishes_them_later(tmp_pat
     assert main(args) == 0
     assert "all 2 runs complete" in capsys.readouterr().out
     assert (out / f"{held}.json").exists()
+
+
+def test_study_command_does_not_count_skipped_runs_that_finished_elsewhere(tmp_path, monkeypatch, capsys):
+    tiny = [preset("test", method="bn", epochs=1, seed=seed) for seed in (0, 1)]
+    monkeypatch.setitem(STUDIES, "tiny", lambda: list(tiny))
+    args = ["study", "tiny", "--out", str(tmp_path / "results"), "--checkpoints", str(tmp_path / "ckpt")]
+    assert main(args) == 0
+    capsys.readouterr()
+    # The other process still holds the claim on a run whose record it has already completed.
+    with claim_run(str(tmp_path / "ckpt"), config_name(tiny[0])):
+        assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "training in another process, skipped" in text
+    assert "all 2 runs complete" in text and "rerun this command" not in text

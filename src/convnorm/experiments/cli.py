@@ -155,11 +155,14 @@ def _add_study(sub) -> None:
         out = args.out or os.path.join("results", args.name)
         ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
         configs = [dataclasses.replace(c, data_root=args.data_root) for c in study_configs(args.name)]
+        def state_of(name: str) -> str:
+            path = os.path.join(out, name + ".json")
+            return read_json(path).get("status", "?") if os.path.exists(path) else "not started"
+
         if args.list:
             for c in configs:
                 name = config_name(c)
-                path = os.path.join(out, name + ".json")
-                state = read_json(path).get("status", "?") if os.path.exists(path) else "not started"
+                state = state_of(name)
                 if state != "complete" and run_is_claimed(ckpt, name):
                     state += " (training in another process)"
                 print(f"{state:12s} {name}")
@@ -178,6 +181,7 @@ def _add_study(sub) -> None:
             else:
                 print(f"[{i + 1}/{len(configs)}] {name}: training in another process, skipped", flush=True)
                 held.append(name)
+        held = [name for name in held if state_of(name) != "complete"]  # others may have finished them since
         if held:
             print(f"study {args.name}: {len(held)} of {len(configs)} runs are training in other processes; "
                   "rerun this command when they finish")
