@@ -155,6 +155,7 @@ def _add_study(sub) -> None:
         out = args.out or os.path.join("results", args.name)
         ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
         configs = [dataclasses.replace(c, data_root=args.data_root) for c in study_configs(args.name)]
+
         def state_of(name: str) -> str:
             path = os.path.join(out, name + ".json")
             return read_json(path).get("status", "?") if os.path.exists(path) else "not started"
