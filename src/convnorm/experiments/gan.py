@@ -672,7 +672,9 @@ def report_section(folder: str) -> List[str]:
         runs.sort(key=lambda item: (_setting(item[1]["config"]), item[1]["config"]["seed"], item[1]["name"]))
         lines += ["Hinge loss, Adam (β = (0, 0.9)), n_dis discriminator steps per generator step; FID and KID "
                   "against the first training images (counts in the tables). Runs here are short and their "
-                  "FIDs are only comparable with each other at equal sample counts.", ""]
+                  "FIDs are only comparable with each other at equal sample counts. Wall times and rates are what each "
+                  "run measured on a machine it shared with other jobs, so they are not a speed comparison of the "
+                  "normalizations (`make bench` measures that).", ""]
         lines += _summary_lines(runs) + _run_lines(runs)
         curves = [rec for _, rec in runs if _curve(rec)]
         if curves:
