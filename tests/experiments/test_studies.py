@@ -70,7 +70,8 @@ def test_free_at_study_is_the_listed_grid():
 def test_gan_study_compares_placements_at_one_budget():
     configs = study_configs("gan-cifar10-resnet")
     assert Counter((c.d_norm, c.g_norm, c.seed) for c in configs) == Counter(
-        (d, g, 0) for d, g in studies.GAN_PLACEMENTS)
+        [(d, g, 0) for d, g in studies.GAN_PLACEMENTS] + [("sn", "bn", 1)])
+    assert len({config_name(c) for c in configs}) == len(configs)
     assert studies.GAN_PLACEMENTS[0] == ("sn", "bn")  # the SN-GAN baseline comes first
     assert {(c.arch, c.dataset, c.fid_samples) for c in configs} == {("resnet", "cifar10", 5000)}
 
