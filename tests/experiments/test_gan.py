@@ -353,8 +353,12 @@ def test_summary_averages_seeds_of_one_setting(tmp_path):
     fids = [train_gan(_tiny(seed=seed), **kw)["final_fid"] for seed in (0, 1)]
     mean = sum(fids) / 2
     std = abs(fids[0] - fids[1]) / 2 ** 0.5
+    placed = train_gan(_tiny(d_norm="convnorm"), **kw)["final_fid"]
+    unmatched = train_gan(_tiny(d_norm="convnorm", n_dis=2), **kw)["final_fid"]  # no baseline at n_dis 2
     text = "\n".join(report_section(str(tmp_path)))
-    assert f"| 2 | 24 vs 40 | {mean:.2f} ± {std:.2f} |" in text
+    assert f"| 2 | 24 vs 40 | {mean:.2f} ± {std:.2f} | baseline |" in text
+    assert f"| 1 | 24 vs 40 | {placed:.2f} | {placed - mean:+.2f} |" in text
+    assert f"| 1 | 24 vs 40 | {unmatched:.2f} | — |" in text
 
 
 def test_sample_diversity_measures_spread_across_images():

@@ -51,7 +51,10 @@ from convnorm.experiments.records import atomic_write_bytes, config_digest, conf
 
 __all__ = ["GANConfig", "GAN_PRESETS", "gan_config_from_args", "run_name", "train_gan", "hinge_loss_discriminator",
            "hinge_loss_generator", "encode_png", "image_grid", "report_section", "sample_diversity",
-           "PUBLISHED_RESULTS"]
+           "PUBLISHED_RESULTS", "BASELINE_NORMS"]
+
+# The SN-GAN paper's placement (D norm, G norm): what every other placement is compared with.
+BASELINE_NORMS = ("sn", "bn")
 
 
 @dataclass
@@ -592,18 +595,29 @@ def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
             groups.setdefault(_setting(rec["config"]), []).append(rec)
     if not groups:
         return []
-    lines = ["Finished runs, mean ± sample standard deviation over seeds:", "",
+    def mean_fid(recs: List[Dict[str, Any]]) -> float:
+        return sum(_final_row(rec)["fid"] for rec in recs) / len(recs)
+
+    lines = ["Finished runs, mean ± sample standard deviation over seeds; \"FID − baseline\" is the mean FID "
+             f"minus that of the baseline (D {BASELINE_NORMS[0]}, G {BASELINE_NORMS[1]}) with every other setting "
+             "equal, to be read against the baseline's seed spread:", "",
              "| data | arch | widths G/D | D norm | G norm | iterations | n_dis | EMA | seeds | FID samples | FID | "
-             "KID (×10³) | train time per run |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "FID − baseline | KID (×10³) | train time per run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for setting in sorted(groups):
         recs = groups[setting]
         cfg = recs[0]["config"]
         rows = [_final_row(rec) for rec in recs]
         widths = f"{cfg['g_width'] or 'paper'}/{cfg['d_width'] or 'paper'}"
+        baseline = groups.get(_setting(dict(cfg, d_norm=BASELINE_NORMS[0], g_norm=BASELINE_NORMS[1])))
+        if baseline is recs:
+            versus = "baseline"
+        else:
+            versus = f"{mean_fid(recs) - mean_fid(baseline):+.2f}" if baseline else "—"
         lines.append(f"| {cfg['dataset']} | {cfg['arch']} | {widths} | {cfg['d_norm']} | {cfg['g_norm']} | "
                      f"{cfg['iterations']} | {cfg['n_dis']} | {'yes' if cfg.get('ema') else 'no'} | {len(recs)} | "
                      f"{rows[0]['samples']} vs {rows[0]['reference_samples']} | "
-                     f"{format_mean_std([r['fid'] for r in rows], 1.0)} | "
+                     f"{format_mean_std([r['fid'] for r in rows], 1.0)} | {versus} | "
                      f"{format_mean_std([r['kid'] * 1e3 for r in rows], 1.0)} | "
                      f"{_duration(sum(rec['train_time_s'] for rec in recs) / len(recs))} |")
     return lines + [""]

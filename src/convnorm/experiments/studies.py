@@ -17,7 +17,7 @@ import contextlib
 import os
 from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
-from convnorm.experiments.gan import GANConfig, gan_config_from_args, train_gan
+from convnorm.experiments.gan import BASELINE_NORMS, GANConfig, gan_config_from_args, train_gan
 from convnorm.experiments.gan import run_name as gan_run_name
 from convnorm.experiments.robust import AdvConfig, adv_preset, adv_run_name, train_free_at
 from convnorm.experiments.train import TrainConfig, preset, run_name, train
@@ -62,14 +62,14 @@ def _free_at_cifar10() -> List[AdvConfig]:
 
 # The generator/discriminator normalizations compared on CIFAR-10: the SN-GAN baseline, then
 # ConvNorm in place of SN, ConvNorm with SN in D, and ConvNorm before BN in G.
-GAN_PLACEMENTS = (("sn", "bn"), ("convnorm", "bn"), ("convnorm+sn", "bn"), ("sn", "convnorm+bn"))
+GAN_PLACEMENTS = (BASELINE_NORMS, ("convnorm", "bn"), ("convnorm+sn", "bn"), ("sn", "convnorm+bn"))
 
 
 def _gan_cifar10_resnet() -> List[GANConfig]:
     # One seed per placement fills the CPU budget (docs/gan.md); a second seed of the cheapest
     # run, the baseline, measures the seed-to-seed spread the one-seed placements are read against.
     placements = [gan_config_from_args("cpu-resnet", d_norm=d, g_norm=g, seed=0) for d, g in GAN_PLACEMENTS]
-    baseline_d, baseline_g = GAN_PLACEMENTS[0]
+    baseline_d, baseline_g = BASELINE_NORMS
     return placements + [gan_config_from_args("cpu-resnet", d_norm=baseline_d, g_norm=baseline_g, seed=1)]
 
 
