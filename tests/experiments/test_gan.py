@@ -285,6 +285,14 @@ def test_report_section_shows_fid_validation_records(tmp_path):
     text = "\n".join(report_section(str(tmp_path)))
     assert "| train[:N] vs train[N:2N] | 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "train[:N] vs test[:M]" in text and "published, not run here" in text
+    # sets no larger than a KID subset give one estimate, not a spread of zero
+    small = dict(pair, n1=1000, n2=1000, kid_std=0.0)
+    write_json(str(tmp_path / "fid-validation" / "w.json"),
+               {"kind": "fid-validation", "config": {"kid": {"subset_size": 1000}},
+                "results": {"self": {"fid": 1e-9, "n1": 1000, "n2": 1000}, "train_halves": small}})
+    text = "\n".join(report_section(str(tmp_path)))
+    assert "| train[:N] vs train[N:2N] | 1000 + 1000 | 12.35 | 1.230 (one subset: all images) |" in text
+    assert "| 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "| all training vs all test images (commonly reported; not run here) | 50000 + 10000 | about 3 |" in text
 
 
