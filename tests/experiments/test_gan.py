@@ -285,15 +285,26 @@ def test_report_section_shows_fid_validation_records(tmp_path):
     text = "\n".join(report_section(str(tmp_path)))
     assert "| train[:N] vs train[N:2N] | 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "train[:N] vs test[:M]" in text and "published, not run here" in text
-    # sets no larger than a KID subset give one estimate, not a spread of zero
-    small = dict(pair, n1=1000, n2=1000, kid_std=0.0)
-    write_json(str(tmp_path / "fid-validation" / "w.json"),
-               {"kind": "fid-validation", "config": {"kid": {"subset_size": 1000}},
-                "results": {"self": {"fid": 1e-9, "n1": 1000, "n2": 1000}, "train_halves": small}})
-    text = "\n".join(report_section(str(tmp_path)))
-    assert "| train[:N] vs train[N:2N] | 1000 + 1000 | 12.35 | 1.230 (one subset: all images) |" in text
-    assert "| 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "| all training vs all test images (commonly reported; not run here) | 50000 + 10000 | about 3 |" in text
+
+
+def test_kid_cell_is_one_estimate_exactly_when_every_subset_is_both_whole_sets(tmp_path):
+    from convnorm.experiments.records import write_json
+
+    def shown(n1, n2, subsets=100, subset_size=1000):
+        folder = tmp_path / f"{n1}-{n2}-{subsets}"
+        pair = {"fid": 12.345, "kid": 0.00123, "kid_std": 0.0002, "n1": n1, "n2": n2}
+        write_json(str(folder / "fid-validation" / "v.json"),
+                   {"kind": "fid-validation", "config": {"kid": {"subsets": subsets, "subset_size": subset_size}},
+                    "results": {"self": {"fid": 1e-9, "n1": n1, "n2": n1}, "train_halves": pair}})
+        return "\n".join(report_section(str(folder)))
+
+    one, spread = "| 12.35 | 1.230 (one estimate) |", "| 12.35 | 1.230 ± 0.200 |"
+    assert one in shown(1000, 1000) and one in shown(800, 800)
+    assert one in shown(2000, 2000, subsets=1)
+    # the larger set is resampled when the sizes differ, or when a subset is smaller than both
+    for n1, n2 in ((1000, 500), (500, 1000), (2000, 2000), (1000, 1001)):
+        assert spread in shown(n1, n2), (n1, n2)
 
 
 def test_curve_at_its_own_sample_count_and_final_at_the_full_count(tmp_path):
@@ -362,10 +373,12 @@ def test_summary_averages_seeds_of_one_setting(tmp_path):
     mean = sum(fids) / 2
     std = abs(fids[0] - fids[1]) / 2 ** 0.5
     placed = train_gan(_tiny(d_norm="convnorm"), **kw)["final_fid"]
+    placed_g = train_gan(_tiny(g_norm="convnorm+bn"), **kw)["final_fid"]
     unmatched = train_gan(_tiny(d_norm="convnorm", n_dis=2), **kw)["final_fid"]  # no baseline at n_dis 2
     text = "\n".join(report_section(str(tmp_path)))
     assert f"| 2 | 24 vs 40 | {mean:.2f} ± {std:.2f} | baseline |" in text
     assert f"| 1 | 24 vs 40 | {placed:.2f} | {placed - mean:+.2f} |" in text
+    assert f"| 1 | 24 vs 40 | {placed_g:.2f} | {placed_g - mean:+.2f} |" in text
     assert f"| 1 | 24 vs 40 | {unmatched:.2f} | — |" in text
 
 

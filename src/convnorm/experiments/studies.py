@@ -66,8 +66,8 @@ GAN_PLACEMENTS = (BASELINE_NORMS, ("convnorm", "bn"), ("convnorm+sn", "bn"), ("s
 
 
 def _gan_cifar10_resnet() -> List[GANConfig]:
-    # One seed per placement fills the CPU budget (docs/gan.md); a second seed of the cheapest
-    # run, the baseline, measures the seed-to-seed spread the one-seed placements are read against.
+    # One seed per placement fills the CPU budget (docs/gan.md); a second seed of the baseline
+    # measures the seed-to-seed spread the one-seed placements are read against.
     placements = [gan_config_from_args("cpu-resnet", d_norm=d, g_norm=g, seed=0) for d, g in GAN_PLACEMENTS]
     baseline_d, baseline_g = BASELINE_NORMS
     return placements + [gan_config_from_args("cpu-resnet", d_norm=baseline_d, g_norm=baseline_g, seed=1)]
