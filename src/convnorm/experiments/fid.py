@@ -307,7 +307,9 @@ def cached_features(images: Tensor, extractor: Callable[[Tensor], Tensor], cache
             torch.save({"features": feats, "fingerprint": fingerprint, "count": len(chunk)}, buffer)
             atomic_write_bytes(path, buffer.getvalue())
             if log:
-                log(f"features of images {start}..{start + len(chunk) - 1}: {time.perf_counter() - t0:.0f} s "
+                # Numbered within this set: the same block of a data set has other indices in other sets.
+                log(f"features of block {start // block + 1}/{-(-len(images) // block)} of this set "
+                    f"({len(chunk)} images): {time.perf_counter() - t0:.0f} s "
                     f"(cached in {path})")
         parts.append(feats.double())
     return torch.cat(parts) if parts else torch.empty(0, getattr(extractor, "dim", FEATURE_DIM), dtype=torch.float64)
