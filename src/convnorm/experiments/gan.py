@@ -606,9 +606,7 @@ def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
             groups.setdefault(_setting(rec["config"]), []).append(rec)
     if not groups:
         return []
-    def mean_fid(recs: List[Dict[str, Any]]) -> float:
-        return sum(_final_row(rec)["fid"] for rec in recs) / len(recs)
-
+    mean_fid = {setting: sum(_final_row(rec)["fid"] for rec in recs) / len(recs) for setting, recs in groups.items()}
     lines = ["Finished runs, mean ± sample standard deviation over seeds; \"FID − baseline\" is the mean FID "
              f"minus that of the baseline (D {BASELINE_NORMS[0]}, G {BASELINE_NORMS[1]}) with every other setting "
              "equal, to be read against the baseline's seed spread:", "",
@@ -620,11 +618,13 @@ def _summary_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
         cfg = recs[0]["config"]
         rows = [_final_row(rec) for rec in recs]
         widths = f"{cfg['g_width'] or 'paper'}/{cfg['d_width'] or 'paper'}"
-        baseline = groups.get(_setting(dict(cfg, d_norm=BASELINE_NORMS[0], g_norm=BASELINE_NORMS[1])))
-        if baseline is recs:
+        baseline = _setting(dict(cfg, d_norm=BASELINE_NORMS[0], g_norm=BASELINE_NORMS[1]))
+        if baseline == setting:
             versus = "baseline"
+        elif baseline in mean_fid:
+            versus = f"{mean_fid[setting] - mean_fid[baseline]:+.2f}"
         else:
-            versus = f"{mean_fid(recs) - mean_fid(baseline):+.2f}" if baseline else "—"
+            versus = "—"
         lines.append(f"| {cfg['dataset']} | {cfg['arch']} | {widths} | {cfg['d_norm']} | {cfg['g_norm']} | "
                      f"{cfg['iterations']} | {cfg['n_dis']} | {'yes' if cfg.get('ema') else 'no'} | {len(recs)} | "
                      f"{rows[0]['samples']} vs {rows[0]['reference_samples']} | "
