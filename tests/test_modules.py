@@ -1,6 +1,7 @@
 """ConvNorm1d/2d/3d modules: options, state, caching and everyday PyTorch use."""
 import copy
 import io
+import math
 import pickle
 import warnings
 
@@ -244,6 +245,37 @@ def test_running_spectrum_follows_the_paper_schedule():
     assert m.num_batches_tracked.item() == 4
     assert tuple(m.running_grid.tolist()) == grid
     assert torch.allclose(m.running_spectrum, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("step", [1, 2, 10_000, 20_000, 37_449, 37_450, 39_999, 40_000, 40_001, 100_000])
+def test_running_average_factor_over_the_whole_ramp(step):
+    """The closed form, written out: the cosine ramp from 1 at step 0 to 0 at 40,000, floored at 0.01."""
+    ramp = (1 + math.cos(math.pi * min(step, 40_000) / 40_000)) / 2
+    assert CF.running_average_factor(step) == pytest.approx(max(ramp, 0.01), rel=1e-15, abs=0)
+    # The floor is reached once the ramp crosses 0.01: cos(π s / L) = -0.98 at s ≈ 37,449.4.
+    assert (CF.running_average_factor(step) == 0.01) == (step >= 37_450)
+
+
+def test_running_spectrum_update_uses_the_floor_past_the_ramp():
+    torch.manual_seed(0)
+    m = ConvNorm2d(3, 4, 3, padding=1, track_running_spectrum=True, dtype=torch.float64)
+    plan = CF._plan((8, 8), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), "zeros")
+    _train(m, 1)
+    m.num_batches_tracked.fill_(39_998)
+    expected = m.running_spectrum.clone()
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for step in (39_999, 40_000, 40_001, 40_002):
+        current = CF.spectrum_for_plan(m.weight, plan, (1, 1), m.eps, False)
+        factor = max((1 + math.cos(math.pi * min(step, 40_000) / 40_000)) / 2, 0.01)
+        expected = factor * current + (1 - factor) * expected
+        opt.zero_grad()
+        m(torch.randn(4, 3, 8, 8, dtype=torch.float64)).square().mean().backward()
+        opt.step()
+    assert m.num_batches_tracked.item() == 40_002
+    torch.testing.assert_close(m.running_spectrum, expected, rtol=1e-13, atol=0)
+    # The floor keeps 99% of the old average: it lags the weights that moved.
+    assert not torch.allclose(m.running_spectrum, CF.spectrum_for_plan(m.weight, plan, (1, 1), m.eps, False),
+                              rtol=1e-3)
 
 
 def test_fixed_momentum():

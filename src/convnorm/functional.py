@@ -35,6 +35,7 @@ __all__ = [
     "preconditioner_spectrum",
     "spectrum_grid_size",
     "conv_norm",
+    "running_average_factor",
 ]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -726,3 +727,25 @@ def spectrum_for_plan(
         return _row_scale(weight, eps, preconditioner_grad)
     w = weight if preconditioner_grad else weight.detach()
     return _spectrum(w, plan.grid, dilation, eps, onesided_dim=plan.active[-1])
+
+
+#: The paper's running average of v̂: its factor ramps down from 1 over this many training
+#: forwards, then stays at the floor.
+RAMPDOWN_STEPS = 40_000
+RUNNING_AVERAGE_FLOOR = 0.01
+
+
+def running_average_factor(step: int, *, rampdown_steps: int = RAMPDOWN_STEPS,
+                           floor: float = RUNNING_AVERAGE_FLOOR) -> float:
+    """The weight of the current v̂ in the running average at training forward ``step``.
+
+    ``max(0.5 (cos(π min(step, L) / L) + 1), floor)`` with ``L = rampdown_steps``: the public
+    code's cosine ramp-down, counted from 1 for the first forward (where it is
+    ``1 - 1.5e-9``, so the average starts at the first v̂), reaching the floor 0.01 at
+    step 37,450 and staying there. The running average is
+    ``running = factor · v̂ + (1 - factor) · running``.
+    """
+    if rampdown_steps < 1:
+        raise ValueError(f"rampdown_steps must be positive, got {rampdown_steps}")
+    step = min(max(int(step), 0), rampdown_steps)
+    return max(0.5 * (math.cos(math.pi * step / rampdown_steps) + 1.0), floor)

@@ -22,21 +22,12 @@ def _is_compiling() -> bool:
     return torch._dynamo.is_compiling()  # torch < 2.3
 
 
-def cosine_rampdown(step: int, length: int) -> float:
-    """0.5 (cos(π min(step, length) / length) + 1): 1 at step 0, 0 from ``length`` on."""
-    step = min(max(step, 0), length)
-    return 0.5 * (math.cos(math.pi * step / length) + 1.0)
-
-
 class _ConvNormNd:
     """Shared implementation of ConvNorm1d/2d/3d (mixed in before ``nn.ConvNd``).
 
     The layer computes ``affine(P c) + bias`` where ``c`` is the convolution output
     (without bias) and ``P`` the ConvNorm preconditioner of ``docs/math.md``.
     """
-
-    _RAMPDOWN_STEPS = 40_000  # the paper's code: EMA factor ramps from 1 to the floor
-    _MOMENTUM_FLOOR = 0.01
 
     def __init__(
         self,
@@ -244,7 +235,7 @@ class _ConvNormNd:
             self.num_batches_tracked.zero_()
         self.num_batches_tracked += 1
         if self.momentum is None:
-            factor = max(cosine_rampdown(int(self.num_batches_tracked), self._RAMPDOWN_STEPS), self._MOMENTUM_FLOOR)
+            factor = CF.running_average_factor(int(self.num_batches_tracked))
         else:
             factor = self.momentum
         self.running_spectrum.mul_(1.0 - factor).add_(current, alpha=factor)

@@ -24,11 +24,16 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert main(["demo", "--dataset", "synthetic", "--epochs", "1", "--train-fraction", "0.1", "--out", str(tmp_path / "demo"),
                  "--checkpoints", str(tmp_path / "ckpt")]) == 0
     out = capsys.readouterr().out
-    assert "| bn |" in out and "| convnorm |" in out and "plots:" in out
+    assert "| BN |" in out and "| ConvNorm+BN |" in out and "| ConvNorm |" not in out
+    assert "plot:" in out and (tmp_path / "demo" / "demo.png").exists()
     records = sorted((tmp_path / "demo").glob("*.json"))
-    assert len(records) == 4
+    assert sorted(json.loads(p.read_text())["config"]["method"] for p in records) == ["bn", "bn", "convnorm+bn",
+                                                                                   "convnorm+bn"]
     assert all(json.loads(p.read_text())["status"] == "complete" for p in records)
     assert (tmp_path / "demo" / "README.md").exists()
+    reading = next(line for line in out.splitlines() if line.startswith("Reading:"))
+    for r in (json.loads(p.read_text()) for p in records):  # the reading quotes every final accuracy
+        assert f"{r['final_test_acc'] * 100:.2f}%" in reading
 
 
 def test_train_then_spectral_of_its_checkpoint(tmp_path, capsys):
@@ -61,5 +66,6 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert "input shape" in capsys.readouterr().err
     assert main(["spectral", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["train", "--preset", "test", "--method", "batchnorm", "--out", str(tmp_path)]) == 2
-    assert "unknown method" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "test", "--method", "batchnorm", "--out", str(tmp_path)])
+    assert "invalid choice: 'batchnorm'" in capsys.readouterr().err

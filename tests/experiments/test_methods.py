@@ -32,7 +32,7 @@ def convs_and_bns(model: nn.Module):
 
 # -- registry -------------------------------------------------------------------------------
 def test_methods_names():
-    assert METHODS == ("plain", "bn", "convnorm", "convnorm+bn", "sn", "oni", "ocnn")
+    assert METHODS == ("plain", "bn", "convnorm", "convnorm+bn", "convnorm-paper", "sn", "oni", "ocnn")
 
 
 def test_unknown_method_lists_the_valid_ones():
@@ -60,6 +60,7 @@ def expected_params(model: nn.Module, method: str) -> int:
         "bn": base,
         "convnorm": base - bn_params + affine,
         "convnorm+bn": base + affine,
+        "convnorm-paper": base + affine,
         "sn": base,
         "oni": base + sum(c.out_channels for c in convs),  # the per-channel scale
         "ocnn": base,
@@ -79,6 +80,7 @@ def test_small_resnet_every_method_trains(method):
     kinds = {
         "plain": (nn.Conv2d, n_convs), "bn": (nn.Conv2d, n_convs), "ocnn": (nn.Conv2d, n_convs),
         "convnorm": (ConvNorm2d, n_convs), "convnorm+bn": (ConvNorm2d, n_convs), "oni": (ONIConv2d, n_convs),
+        "convnorm-paper": (ConvNorm2d, n_convs),
     }
     if method in kinds:
         cls, count = kinds[method]

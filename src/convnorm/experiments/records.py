@@ -48,8 +48,18 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
 
 def config_identity(config: Any) -> Dict[str, Any]:
     """A config dataclass as JSON-ready data, without fields marked ``metadata={"identity": False}``
-    (such as where the data lives): what defines a run's result, and so its name and record."""
-    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("identity", True)}
+    (such as where the data lives): what defines a run's result, and so its name and record.
+
+    A field marked ``metadata={"identity": "unless-default"}`` is left out while it holds its
+    default: a field added later then leaves the names and records of earlier runs unchanged.
+    """
+    out = {}
+    for f in dataclasses.fields(config):
+        rule = f.metadata.get("identity", True)
+        value = getattr(config, f.name)
+        if rule is False or (rule == "unless-default" and value == f.default):
+            continue
+        out[f.name] = value
     return json.loads(json.dumps(out))  # tuples become lists, as they are in a JSON record
 
 

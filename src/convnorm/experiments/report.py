@@ -1,7 +1,9 @@
 """``convnorm report``: markdown tables and plots generated from a folder of records only.
 
 The output depends on the records alone (no dates, no machine state), so running the
-command twice on the same records gives byte-identical files.
+command twice on the same records gives byte-identical files. The classification and
+spectra sections are rendered here; the adversarial and GAN sections come from
+:mod:`convnorm.experiments.robust_report` and :mod:`convnorm.experiments.gan_report`.
 """
 from __future__ import annotations
 
@@ -10,31 +12,17 @@ import os
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from convnorm.experiments import gan_report, robust_report
+from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
 from convnorm.experiments.records import iter_records
+from convnorm.experiments.stats import format_mean_std, mean_std
+from convnorm.experiments.stats import method_key as _method_key
+from convnorm.experiments.stats import noise_label as _noise_label
+from convnorm.experiments.stats import noise_sort_key as _noise_sort
 
+# mean_std and format_mean_std moved to stats.py; they stay importable from here.
 __all__ = ["build_report", "mean_std", "format_mean_std", "memorisation_onset"]
 
-METHOD_ORDER = ("plain", "bn", "convnorm", "convnorm+bn", "sn", "oni", "ocnn")
-
-
-def mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return mean, std
-
-
-def format_mean_std(values: Sequence[float], scale: float = 100.0) -> str:
-    """``"84.12 ± 0.31"`` (in percent by default), or ``"84.12"`` for one value."""
-    if not values:
-        return "—"
-    mean, std = mean_std(values)
-    return f"{mean * scale:.2f}" if math.isnan(std) else f"{mean * scale:.2f} ± {std * scale:.2f}"
-
-
-def _method_key(method: str) -> Tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def _savefig(fig, path: str) -> str:
@@ -54,19 +42,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _noise_label(cfg: Dict[str, Any]) -> str:
-    if cfg["noise"] == "none" or cfg["noise_rate"] == 0:
-        return "clean"
-    return f"{cfg['noise'][:3]} {cfg['noise_rate'] * 100:g}%"
-
-
-def _noise_sort(label: str) -> Tuple[int, float]:
-    if label == "clean":
-        return (0, 0.0)
-    kind, rate = label.split()
-    return (1 if kind == "sym" else 2, float(rate.rstrip("%")))
 
 
 def _setting(cfg: Dict[str, Any]) -> str:
@@ -390,14 +365,18 @@ def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> 
             preamble = f.read()
     if preamble:
         lines += [preamble.rstrip(), ""]
-    train_records = list(iter_records(folder, kind="train"))
+    train_records, memorisation_records = [], []
+    for path, record in iter_records(folder, kind="train"):
+        inside = is_memorisation_folder(os.path.relpath(path, folder))
+        (memorisation_records if inside else train_records).append((path, record))
     if train_records:
         lines += ["## Classification under label noise and scarce data", ""]
         lines += _train_section(train_records, folder, fig_dir)
-    from convnorm.experiments import gan, robust
-
-    lines += robust.report_section(folder)
-    lines += gan.report_section(folder)
+    if memorisation_records:
+        lines += ["## Memorisation of noisy labels in long training", ""]
+        lines += memorisation_section(memorisation_records, folder, fig_dir)
+    lines += robust_report.report_section(folder)
+    lines += gan_report.report_section(folder)
     spectral = _spectral_section(folder)
     if spectral:
         lines += ["## Layer spectra", ""] + spectral

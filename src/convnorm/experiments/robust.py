@@ -1,8 +1,10 @@
-"""Adversarial robustness: free adversarial training, FGSM and PGD evaluation, gradient-masking checks.
+"""Free adversarial training: configs, presets, the resumable trainer, and attacking saved models.
 
-Threat model: L-infinity perturbations of at most ``eps`` in [0, 1] pixel space, applied to
-the image *before* input normalization. Every attacked function is therefore a
-:class:`NormalizedModel`: ``[0, 1]`` images in, logits out, normalization inside.
+The attacks and the robustness evaluation (FGSM, PGD, the gradient-masking checks) live in
+:mod:`convnorm.experiments.attacks`, which has the threat model: L-infinity perturbations of
+at most ``eps`` in [0, 1] pixel space, applied *before* input normalization, so the trained
+network is wrapped in a :class:`~convnorm.experiments.attacks.NormalizedModel`. The report
+section on these runs is :mod:`convnorm.experiments.robust_report`.
 
 Training is "free" adversarial training (Shafahi et al., 2019, *Adversarial Training for
 Free!*): each minibatch is replayed ``m`` times; every replay makes one SGD step on the
@@ -34,18 +36,15 @@ atomically after every epoch). :func:`train_free_at` resumes from the checkpoint
 random draw comes from ``(seed, epoch)``, so an interrupted and resumed run equals an
 uninterrupted one. Single process only (no DDP).
 
-Evaluation (:func:`evaluate_robustness`) reports clean, FGSM and PGD accuracy and two
-gradient-masking sanity checks (Athalye et al., 2018; Carlini et al., 2019): PGD accuracy
-must fall monotonically with eps and reach about zero at a large eps, and PGD must not be
-weaker than FGSM.
+After the last epoch the run is evaluated with
+:func:`~convnorm.experiments.attacks.evaluate_robustness` (clean, FGSM and PGD accuracy and
+the gradient-masking checks); :func:`evaluate_checkpoint` does the same for a saved model.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -53,286 +52,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# fgsm and pgd are only re-exported: the attacks lived here before attacks.py, and old imports
+# keep working. The private helpers make the per-epoch monitor compute as the final evaluation.
+from convnorm.experiments.attacks import (
+    DEFAULT_EPS_SWEEP,
+    NormalizedModel,
+    _correct,
+    _mean,
+    _pgd_correct,
+    _to_float,
+    evaluate_robustness,
+    fgsm,
+    pgd,
+)
 from convnorm.experiments.augment import random_crop_flip
 from convnorm.experiments.corruptions import per_class_subset
 from convnorm.experiments.data import dataset_stats, load_dataset
-from convnorm.experiments.methods import METHODS, apply_method
+from convnorm.experiments.methods import apply_method
 from convnorm.experiments.models import build_model
-from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, iter_records, new_record, read_json, write_json
+from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, new_record, read_json, write_json
 from convnorm.experiments.train import _epoch_generator, validate_common
 
 __all__ = [
     "ADV_PRESETS", "AdvConfig", "DEFAULT_EPS_SWEEP", "NormalizedModel", "PUBLISHED_FREE_AT", "adv_preset",
     "adv_run_name", "evaluate_checkpoint", "evaluate_robustness", "fgsm", "free_at_batch", "load_checkpoint_model",
-    "pgd", "prepare_adv_data", "report_section", "train_free_at",
+    "pgd", "prepare_adv_data", "train_free_at",
 ]
-
-#: The eps values (in [0, 1] pixel units) of the gradient-masking sweep: 0, 2, 4, 8, 16, 32, 64 / 255.
-DEFAULT_EPS_SWEEP: Tuple[float, ...] = tuple(k / 255 for k in (0, 2, 4, 8, 16, 32, 64))
-
-
-# -- the attacked function ----------------------------------------------------------------
-
-class NormalizedModel(nn.Module):
-    """``model((x - mean) / std)``: takes images in [0, 1], so attacks work in pixel space.
-
-    Args:
-        model: a classifier of normalized images.
-        mean, std: per-channel statistics in [0, 1] pixel units (``C`` numbers).
-    """
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model((x - self.mean) / self.std)
-
-
-# -- attacks --------------------------------------------------------------------------------
-
-def _input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Gradient of the mean cross-entropy with respect to the input only (parameters untouched)."""
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y)
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
-
-
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """FGSM (Goodfellow et al., 2015): ``clamp(x + eps * sign(grad_x CE(model(x), y)), 0, 1)``.
-
-    One step from ``x`` itself (no random start). ``model`` takes images in [0, 1] (wrap a
-    classifier of normalized images in :class:`NormalizedModel`); it is used in whatever mode
-    it is in. The loss is the batch-mean cross-entropy, as in ``torchattacks.FGSM``.
-
-    Args:
-        model: images ``(N, C, H, W)`` in [0, 1] -> logits ``(N, K)``.
-        x: float images in [0, 1]; y: int64 labels ``(N,)``.
-        eps: L-inf radius in [0, 1] pixel units.
-
-    Returns:
-        Adversarial images, detached, within ``eps`` of ``x`` and in [0, 1].
-    """
-    if eps < 0:
-        raise ValueError(f"eps must be non-negative, got {eps}")
-    grad = _input_gradient(model, x, y)
-    return torch.clamp(x.detach() + eps * grad.sign(), 0, 1)
-
-
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, step: float, steps: int, restarts: int = 1,
-        seed: int = 0, *, random_start: bool = True, generator: Optional[torch.Generator] = None) -> Tensor:
-    """L-inf PGD (Madry et al., 2018) with random restarts, keeping each sample's worst case.
-
-    Each restart starts at ``clamp(x + u, 0, 1)`` with ``u ~ Uniform[-eps, eps]`` (or at ``x``
-    if ``random_start`` is false) and takes ``steps`` steps
-    ``x' <- clamp(x + clip(x' + step * sign(grad) - x, -eps, eps), 0, 1)`` of the batch-mean
-    cross-entropy, exactly as ``torchattacks.PGD``. Over restarts, each sample keeps the
-    result of the restart that fools the model, else the one with the highest loss.
-
-    Args:
-        model: images in [0, 1] -> logits (see :func:`fgsm`); used in its current mode.
-        x, y: images in [0, 1] and labels.
-        eps: L-inf radius; step: step size (both in [0, 1] pixel units); steps: iterations
-            (0 gives the start point).
-        restarts: number of runs (>= 1).
-        seed: seeds a private CPU generator for the random starts (unless ``generator``).
-        random_start: start at a uniform point in the eps ball (the standard PGD).
-        generator: a CPU generator to draw the starts from instead (it advances).
-
-    Returns:
-        Adversarial images, detached, within ``eps`` of ``x`` and in [0, 1].
-    """
-    if eps < 0 or step < 0:
-        raise ValueError(f"eps and step must be non-negative, got eps={eps}, step={step}")
-    if steps < 0:
-        raise ValueError(f"steps must be non-negative, got {steps}")
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
-    x = x.detach()
-    if random_start and generator is None:
-        generator = torch.Generator().manual_seed(seed)
-    best = best_loss = best_fooled = None
-    for _ in range(restarts):
-        adv = x.clone()
-        if random_start:
-            noise = torch.empty(x.shape, dtype=x.dtype).uniform_(-eps, eps, generator=generator)
-            adv = torch.clamp(adv + noise.to(x.device), 0, 1)
-        for _ in range(steps):
-            grad = _input_gradient(model, adv, y)
-            adv = adv + step * grad.sign()
-            adv = torch.clamp(x + torch.clamp(adv - x, -eps, eps), 0, 1)
-        if restarts == 1:
-            return adv
-        with torch.no_grad():
-            logits = model(adv)
-            loss = F.cross_entropy(logits, y, reduction="none")
-            fooled = logits.argmax(1) != y
-        if best is None:
-            best, best_loss, best_fooled = adv, loss, fooled
-            continue
-        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
-        best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), adv, best)
-        best_loss = torch.where(better, loss, best_loss)
-        best_fooled = best_fooled | fooled
-    return best
-
-
-# -- evaluation -----------------------------------------------------------------------------
-
-def _pgd_sweep_step(eps: float, pgd_step: float, steps: int) -> float:
-    """Step size of the sweep at ``eps``: the main step, or 2.5 eps / steps if larger (so that
-    the attack can cross the whole ball at large eps, as Madry et al.'s rule)."""
-    return max(pgd_step, 2.5 * eps / max(steps, 1))
-
-
-def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).cpu()
-
-
-def _to_float(images_uint8: Tensor, device: torch.device) -> Tensor:
-    if images_uint8.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (pixel values 0..255), got {images_uint8.dtype}")
-    return images_uint8.to(device).float().div_(255)
-
-
-def _pgd_correct(model, images, labels, *, eps, step, steps, restarts, seed, batch_size, device) -> Tensor:
-    """Per-sample correctness under PGD over the whole set; one generator for all batches."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = _to_float(images[start:start + batch_size], device)
-        y = labels[start:start + batch_size].to(device)
-        adv = pgd(model, x, y, eps, step, steps, restarts, generator=gen)
-        out.append(_correct(model, adv, y))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
-
-
-def evaluate_robustness(
-    model: nn.Module,
-    images_uint8: Tensor,
-    labels: Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    eps: float = 8 / 255,
-    pgd_steps: int = 20,
-    pgd_step: float = 2 / 255,
-    restarts: int = 1,
-    batch_size: int = 500,
-    seed: int = 0,
-    eps_sweep: Optional[Sequence[float]] = DEFAULT_EPS_SWEEP,
-    sweep_samples: Optional[int] = 1000,
-    monotone_tolerance: float = 0.01,
-    zero_threshold: float = 0.05,
-    violation_tolerance: float = 0.01,
-    device: Optional[str] = None,
-) -> Dict[str, Any]:
-    """Clean, FGSM and PGD accuracy of ``model`` in eval mode, and gradient-masking checks.
-
-    Args:
-        model: a classifier of *normalized* images; it is wrapped in :class:`NormalizedModel`
-            so the attacks perturb [0, 1] pixels. Put in eval mode; its mode is restored after.
-        images_uint8: ``uint8 (N, C, H, W)`` test images; labels: ``int64 (N,)``.
-        mean, std: the normalization statistics the model was trained with.
-        eps: L-inf radius of FGSM and PGD ([0, 1] pixel units).
-        pgd_steps, pgd_step, restarts: PGD-K settings (random start; each sample keeps its
-            worst restart).
-        batch_size: images per attack batch. Results are deterministic given ``seed`` and
-            ``batch_size``.
-        seed: seeds PGD's random starts.
-        eps_sweep: eps values for the sweep check (``None`` or empty: no sweep). At each
-            ``e`` the sweep runs PGD with ``pgd_steps`` steps of ``max(pgd_step, 2.5 e / pgd_steps)``.
-        sweep_samples: the sweep uses the first this many images (``None``: all).
-        monotone_tolerance: the sweep accuracy may rise by at most this much (absolute)
-            from one eps to the next and still count as falling.
-        zero_threshold: the accuracy at the largest sweep eps must be at most this.
-        violation_tolerance: at most this fraction of samples may be fooled by FGSM but not
-            by PGD (aggregate PGD accuracy must also be at most FGSM accuracy).
-        device: where to compute (default: the model's device).
-
-    Returns:
-        A JSON-ready dict: ``samples``, ``clean_acc``, ``fgsm_acc``, ``pgd_acc``,
-        ``fgsm_and_pgd_acc`` (correct under both), ``attack`` (the settings), ``eps_sweep``
-        (list of ``{eps, eps_255, step, acc}``), ``checks`` (``sweep_monotone``,
-        ``sweep_reaches_zero``, ``pgd_not_weaker_than_fgsm``, each with ``passed`` and its
-        numbers; a check that cannot run has ``passed: None``) and ``checks_passed``
-        (all checks that ran passed).
-    """
-    if images_uint8.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images_uint8.shape[0]} images but {labels.shape[0]} labels")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    first = next(model.parameters(), None)
-    dev = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
-    was_training = model.training
-    attacked = NormalizedModel(model, mean, std).to(dev).eval()
-    try:
-        n = len(labels)
-        clean, under_fgsm = [], []
-        for start in range(0, n, batch_size):
-            x = _to_float(images_uint8[start:start + batch_size], dev)
-            y = labels[start:start + batch_size].to(dev)
-            clean.append(_correct(attacked, x, y))
-            under_fgsm.append(_correct(attacked, fgsm(attacked, x, y, eps), y))
-        clean_c = torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool)
-        fgsm_c = torch.cat(under_fgsm) if under_fgsm else torch.zeros(0, dtype=torch.bool)
-        pgd_c = _pgd_correct(attacked, images_uint8, labels, eps=eps, step=pgd_step, steps=pgd_steps,
-                             restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
-
-        sweep = []
-        m = n if sweep_samples is None else min(n, int(sweep_samples))
-        for e in (eps_sweep or ()):
-            step_e = _pgd_sweep_step(e, pgd_step, pgd_steps)
-            c = _pgd_correct(attacked, images_uint8[:m], labels[:m], eps=e, step=step_e, steps=pgd_steps,
-                             restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
-            sweep.append(dict(eps=float(e), eps_255=round(float(e) * 255, 6), step=float(step_e),
-                              acc=_mean(c)))
-    finally:
-        model.train(was_training)
-
-    violations = int((~fgsm_c & pgd_c).sum())
-    checks: Dict[str, Dict[str, Any]] = {}
-    ordered = sorted(sweep, key=lambda r: r["eps"])
-    if len(ordered) >= 2:
-        rise = max(b["acc"] - a["acc"] for a, b in zip(ordered, ordered[1:]))
-        checks["sweep_monotone"] = dict(passed=bool(rise <= monotone_tolerance), max_rise=rise,
-                                        tolerance=monotone_tolerance)
-    else:
-        checks["sweep_monotone"] = dict(passed=None, max_rise=None, tolerance=monotone_tolerance)
-    if ordered:
-        last = ordered[-1]
-        checks["sweep_reaches_zero"] = dict(passed=bool(last["acc"] <= zero_threshold), largest_eps=last["eps"],
-                                            largest_eps_255=last["eps_255"], acc_at_largest_eps=last["acc"],
-                                            threshold=zero_threshold)
-    else:
-        checks["sweep_reaches_zero"] = dict(passed=None, largest_eps=None, largest_eps_255=None,
-                                            acc_at_largest_eps=None, threshold=zero_threshold)
-    pgd_acc, fgsm_acc = _mean(pgd_c), _mean(fgsm_c)
-    rate = violations / n if n else 0.0
-    checks["pgd_not_weaker_than_fgsm"] = dict(
-        passed=bool(pgd_acc <= fgsm_acc and rate <= violation_tolerance), pgd_acc=pgd_acc, fgsm_acc=fgsm_acc,
-        violations=violations, violation_rate=rate, violation_tolerance=violation_tolerance)
-    ran = [c["passed"] for c in checks.values() if c["passed"] is not None]
-    return dict(
-        samples=n, clean_acc=_mean(clean_c), fgsm_acc=fgsm_acc, pgd_acc=pgd_acc,
-        fgsm_and_pgd_acc=_mean(fgsm_c & pgd_c),
-        attack=dict(norm="Linf", space="[0, 1] pixels, before normalization", eps=float(eps),
-                    eps_255=round(float(eps) * 255, 6),
-                    fgsm=dict(random_start=False),
-                    pgd=dict(steps=int(pgd_steps), step=float(pgd_step), step_255=round(float(pgd_step) * 255, 6),
-                             restarts=int(restarts), random_start=True, seed=int(seed)),
-                    loss="cross-entropy (batch mean)", batch_size=int(batch_size),
-                    sweep_samples=m if sweep else 0),
-        eps_sweep=sweep, checks=checks, checks_passed=all(ran) if ran else None,
-    )
-
-
-def _mean(correct: Tensor) -> float:
-    return float(correct.double().mean()) if correct.numel() else float("nan")
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -784,7 +529,7 @@ def evaluate_checkpoint(path: str, *, data_root: Optional[str] = None, device: O
     return result
 
 
-# -- report ---------------------------------------------------------------------------------
+# -- published numbers ----------------------------------------------------------------------
 
 #: The paper's free-AT table (ResNet-18, CIFAR-10, eps 8/255, mean of 4 seeds), in percent:
 #: (method, label, FGSM, PGD-20); ``None`` where the paper gives no number.
@@ -795,178 +540,3 @@ PUBLISHED_FREE_AT: Tuple[Tuple[str, str, float, Optional[float]], ...] = (
     ("oni", "ONI", 48.3, 41.1),
     ("ocnn", "OCNN", 52.5, None),
 )
-
-_SETTING_EXCLUDE = ("method", "seed")
-
-
-def _eps_text(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
-
-
-def _setting_key(cfg: Dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in _SETTING_EXCLUDE}, sort_keys=True)
-
-
-def _setting_title(cfg: Dict[str, Any]) -> str:
-    fraction = cfg["train_fraction"]
-    frac = "full training set" if fraction == 1 else f"{fraction * 100:g}% of the training set"
-    unit = "passes" if cfg["epoch_counting"] == "passes" else "epochs of gradient computations"
-    return (f"{cfg['dataset']}, {cfg['model']}, {frac}, {cfg['epochs']} {unit} of free AT "
-            f"(m={cfg['replays']}, eps {_eps_text(cfg['eps'])}, step {_eps_text(cfg['step'])}, "
-            f"delta reset: {cfg['perturbation_reset']})")
-
-
-def _differences(cfg: Dict[str, Any]) -> str:
-    """A sentence naming how ``cfg`` differs from the published setting (``paper-free-at``)."""
-    paper = AdvConfig(**ADV_PRESETS["paper-free-at"]).identity()
-
-    def pct(f):
-        return f"{f * 100:g}%"
-
-    fields = [
-        ("dataset", "data set", str), ("model", "model", str), ("train_fraction", "training data", pct),
-        ("epochs", "epochs", str), ("epoch_counting", "epoch counting", str), ("replays", "replays m", str),
-        ("batch_size", "batch size", str), ("lr", "lr", lambda v: f"{v:g}"),
-        ("milestones", "lr milestones", lambda v: "/".join(str(t) for t in v) or "none"),
-        ("schedule", "schedule", str), ("weight_decay", "weight decay", lambda v: f"{v:g}"),
-        ("eps", "training eps", _eps_text), ("step", "FGSM step", _eps_text),
-        ("perturbation_reset", "delta reset", str), ("augment", "augmentation", str),
-        ("eval_pgd_steps", "PGD steps", str), ("eval_pgd_step", "PGD step", _eps_text),
-        ("eval_restarts", "PGD restarts", str),
-    ]
-    diffs = [f"{label} {fmt(cfg[key])} (published: {fmt(paper[key])})" for key, label, fmt in fields
-             if key in cfg and cfg[key] != paper[key]]
-    samples = cfg.get("eval_samples")
-    test = "the whole test set" if samples is None else f"the first {samples} test images"
-    if not diffs:
-        return f"These runs use the published setting (preset `paper-free-at`); attacks on {test}."
-    return ("These runs differ from the published setting (preset `paper-free-at`) in: " + "; ".join(diffs)
-            + f". Attacks on {test}.")
-
-
-def _check_cell(check: Dict[str, Any], text: str) -> str:
-    if check.get("passed") is None:
-        return "not run"
-    return ("yes" if check["passed"] else "**NO**") + f" ({text})"
-
-
-def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
-    """Generated: does the ranking of methods here match the published one, pair by pair?
-
-    A pair of methods with published numbers is "ordered as published" when the sign of
-    the difference of mean accuracies is the same here; a disagreement is "beyond the seed
-    spread" when it exceeds twice the larger seed standard deviation of the two methods,
-    judged only when both have two or more seeds. Only for settings attacked as published
-    (eps 8/255, PGD-20).
-    """
-    from convnorm.experiments.report import mean_std  # lazily: report may import this module
-
-    cfg = runs[0]["config"]
-    eval_eps = cfg["eps"] if cfg.get("eval_eps") is None else cfg["eval_eps"]
-    if abs(eval_eps - 8 / 255) > 1e-9 or cfg["eval_pgd_steps"] != 20:
-        return []  # the published numbers are for eps 8/255 and PGD-20
-    out = []
-    for column, key in (("FGSM", "fgsm_acc"), ("PGD", "pgd_acc")):
-        published = {m: fg if column == "FGSM" else pg for m, _, fg, pg in PUBLISHED_FREE_AT}
-        published = {m: v for m, v in published.items() if v is not None}
-        here = {m: [r[key] for r in runs if r["config"]["method"] == m] for m in published}
-        here = {m: v for m, v in here.items() if v}
-        if len(here) < 2:
-            continue
-        stats = {m: mean_std(v) for m, v in here.items()}
-        ranked = sorted(here, key=lambda m: -stats[m][0])
-        pairs = agree = beyond = unjudged = 0
-        for i, a in enumerate(ranked):
-            for b in ranked[i + 1:]:
-                if published[a] == published[b]:
-                    continue
-                pairs += 1
-                if published[a] > published[b]:
-                    agree += 1
-                elif len(here[a]) < 2 or len(here[b]) < 2:
-                    unjudged += 1
-                else:
-                    beyond += stats[a][0] - stats[b][0] > 2 * max(stats[a][1], stats[b][1])
-        order_here = " > ".join(f"{m} {stats[m][0] * 100:.1f}" for m in ranked)
-        order_pub = " > ".join(f"{m} {published[m]:.1f}" for m in sorted(here, key=lambda m: -published[m]))
-        out.append(f"- {column}, ranked here: {order_here}; published: {order_pub}. Pairs ordered as published: "
-                   f"{agree} of {pairs}; of the others, {beyond} differ here by more than twice the larger seed "
-                   "standard deviation" + (f" ({unjudged} with a single seed on a side, not judged)"
-                                           if unjudged else "") + ".")
-    if not out:
-        return []
-    return ["Reading (generated), against the published ranking (the published gaps are small too, "
-            "about a point or less between the top methods):", ""] + out + [""]
-
-
-def report_section(folder: str) -> List[str]:
-    """Markdown lines from the records of kind ``"robust"`` under ``folder``.
-
-    Per setting (every config field but method and seed): a table of method -> clean, FGSM
-    and PGD-K test accuracy (%, mean ± std over seeds), a sentence on how the setting
-    differs from the published one, and each run's gradient-masking checks; then, once, the
-    published table. Deterministic: the same records give the same lines.
-    """
-    from convnorm.experiments.report import format_mean_std  # lazily: report may import this module
-
-    records = [r for _, r in iter_records(folder, kind="robust")]
-    if not records:
-        return []
-    complete = [r for r in records if r.get("status") == "complete" and "evaluation" in r]
-    lines = ["## Adversarial robustness (free adversarial training)", ""]
-    pending = len(records) - len(complete)
-    if pending:
-        lines += [f"{pending} robust run(s) not complete are left out of the tables.", ""]
-    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
-    for r in complete:
-        groups[_setting_key(r["config"])].append(r)
-    order = {m: i for i, m in enumerate(METHODS)}
-    method_key = lambda m: (order.get(m, len(order)), m)  # noqa: E731
-    for key in sorted(groups):
-        runs = sorted(groups[key], key=lambda r: (method_key(r["config"]["method"]), r["config"]["seed"], r["name"]))
-        cfg = runs[0]["config"]
-        eps = _eps_text(cfg["eps"] if cfg.get("eval_eps") is None else cfg["eval_eps"])
-        k = cfg["eval_pgd_steps"]
-        lines += [f"### {_setting_title(cfg)}", "",
-                  f"Test accuracy (%) of the final model, L-inf eps {eps}: clean, FGSM, PGD-{k} "
-                  f"(step {_eps_text(cfg['eval_pgd_step'])}, {cfg['eval_restarts']} restart(s), random start); "
-                  "mean ± std over seeds.", "",
-                  f"| method | seeds | clean | FGSM | PGD-{k} | gradient-masking checks passed |",
-                  "|---|---|---|---|---|---|"]
-        for m in sorted({r["config"]["method"] for r in runs}, key=method_key):
-            rs = [r for r in runs if r["config"]["method"] == m]
-            passed = sum(1 for r in rs if r.get("checks_passed"))
-            lines.append(f"| {m} | {len(rs)} | {format_mean_std([r['clean_acc'] for r in rs])} | "
-                         f"{format_mean_std([r['fgsm_acc'] for r in rs])} | "
-                         f"{format_mean_std([r['pgd_acc'] for r in rs])} | {passed}/{len(rs)} |")
-        lines += ["", _differences(cfg), ""]
-        lines += _published_order_lines(runs)
-        sweep_eps = [_eps_text(s["eps"]) for s in runs[0]["evaluation"]["eps_sweep"]]
-        lines += [f"Gradient-masking checks per run: PGD accuracy (%) over the eps sweep ({', '.join(sweep_eps)}) "
-                  "must fall (up to the tolerance) and reach about zero; PGD must not be weaker than FGSM "
-                  "(violations: samples fooled by FGSM but not by PGD).", "",
-                  "| run | method | seed | PGD accuracy over the sweep | falls | ≈ 0 at largest eps | PGD ≥ FGSM |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in runs:
-            ev = r["evaluation"]
-            checks = ev["checks"]
-            sweep = ", ".join(f"{s['acc'] * 100:.1f}" for s in ev["eps_sweep"]) or "—"
-            mono, zero, pf = checks["sweep_monotone"], checks["sweep_reaches_zero"], checks["pgd_not_weaker_than_fgsm"]
-            mono_cell = _check_cell(mono, "max rise " + ("—" if mono.get("max_rise") is None else
-                                                         f"{mono['max_rise'] * 100:.1f}") +
-                                    f" ≤ {mono['tolerance'] * 100:g}")
-            zero_cell = _check_cell(zero, "—" if zero.get("acc_at_largest_eps") is None else
-                                    f"{zero['acc_at_largest_eps'] * 100:.1f} ≤ {zero['threshold'] * 100:g} at "
-                                    f"{_eps_text(zero['largest_eps'])}")
-            pf_cell = _check_cell(pf, f"{pf['violations']} violations of {ev['samples']}")
-            lines.append(f"| {r['name']} | {r['config']['method']} | {r['config']['seed']} | {sweep} | "
-                         f"{mono_cell} | {zero_cell} | {pf_cell} |")
-        lines.append("")
-    lines += ["Published (ResNet-18, CIFAR-10, free AT, mean of 4 seeds), not run here: test accuracy (%) "
-              "under FGSM and PGD-20, eps 8/255.", "",
-              "| method | FGSM | PGD-20 |", "|---|---|---|"]
-    for _, label, fg, pg in PUBLISHED_FREE_AT:
-        lines.append(f"| {label} | {fg:.1f} | {'not given' if pg is None else f'{pg:.1f}'} |")
-    lines.append("")
-    return lines

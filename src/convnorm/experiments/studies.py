@@ -55,6 +55,19 @@ def _label_noise_cifar10() -> List[TrainConfig]:
             for m in ("bn", "convnorm", "convnorm+bn")]
 
 
+#: The memorisation study's methods: the baseline, this project's ConvNorm+BN, the paper's
+#: block, and spectral norm.
+MEMORISATION_METHODS = ("bn", "convnorm+bn", "convnorm-paper", "sn")
+
+
+def _memorisation_cifar10() -> List[TrainConfig]:
+    # Long training in which BN memorises noisy labels (docs/experiments.md, "The memorisation
+    # study"): clean, 40% and 80% symmetric noise, three seeds, seed-major.
+    settings = [dict(noise="none"), dict(noise="symmetric", noise_rate=0.4), dict(noise="symmetric", noise_rate=0.8)]
+    return [preset("cpu-memorisation", method=m, seed=seed, **setting)
+            for seed in (0, 1, 2) for setting in settings for m in MEMORISATION_METHODS]
+
+
 def _free_at_cifar10() -> List[AdvConfig]:
     return [adv_preset("cpu-free-at", method=m, seed=seed)
             for seed in (0, 1) for m in ("bn", "convnorm+bn", "sn", "oni", "ocnn")]
@@ -76,6 +89,7 @@ def _gan_cifar10_resnet() -> List[GANConfig]:
 STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "label-noise-fashion-mnist": _label_noise_fashion_mnist,
     "label-noise-cifar10": _label_noise_cifar10,
+    "memorisation-cifar10": _memorisation_cifar10,
     "free-at-cifar10": _free_at_cifar10,
     "gan-cifar10-resnet": _gan_cifar10_resnet,
 }

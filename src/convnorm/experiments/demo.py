@@ -1,0 +1,121 @@
+"""``convnorm demo``: the first run a new user makes, BN against the paper's block.
+
+The paper's block is ConvNorm followed by BatchNorm (``convnorm+bn``: what its public code
+calls "ConvNorm"). The demo trains the small ResNet with each, on real Fashion-MNIST, with
+clean labels and with heavy symmetric label noise (one seed each, resumable like every run),
+then prints a table, the plot's path, and one line that reads the numbers. Everything
+printed is computed from the run records.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from convnorm.experiments.train import preset, train
+
+__all__ = ["DEMO_METHODS", "DEMO_NOISE_RATES", "demo_configs", "run_demo", "demo_table", "demo_reading", "demo_plot"]
+
+#: BN first (the baseline), then the paper's block.
+DEMO_METHODS: Tuple[str, ...] = ("bn", "convnorm+bn")
+#: Clean labels, then heavy symmetric noise.
+DEMO_NOISE_RATES: Tuple[float, ...] = (0.0, 0.6)
+
+_LABELS = {"bn": "BN", "convnorm+bn": "ConvNorm+BN", "convnorm": "ConvNorm"}
+
+
+def _label(method: str) -> str:
+    return _LABELS.get(method, method)
+
+
+def _condition(rate: float) -> str:
+    return "clean labels" if rate == 0 else f"{rate * 100:g}% symmetric noise"
+
+
+def demo_configs(methods: Sequence[str] = DEMO_METHODS, noise_rates: Sequence[float] = DEMO_NOISE_RATES,
+                 **overrides):
+    """The demo's runs: the ``demo`` preset for every (noise rate, method), noise-major."""
+    return [preset("demo", method=m, noise="symmetric" if rate else "none", noise_rate=rate, **overrides)
+            for rate in noise_rates for m in methods]
+
+
+def run_demo(*, out_dir: str, checkpoint_dir: str, methods: Sequence[str] = DEMO_METHODS,
+             noise_rates: Sequence[float] = DEMO_NOISE_RATES, log: Callable[[str], None] = print,
+             **overrides) -> List[Dict[str, Any]]:
+    """Train (or resume, or return) every demo run; returns their records in order."""
+    return [train(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, log=log)
+            for config in demo_configs(methods, noise_rates, **overrides)]
+
+
+def _final(records: Sequence[Dict[str, Any]], method: str, rate: float) -> Optional[float]:
+    for r in records:
+        if r["config"]["method"] == method and r["config"]["noise_rate"] == rate:
+            return r["final_test_acc"]
+    return None
+
+
+def _methods_and_rates(records: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[float]]:
+    methods = list(dict.fromkeys(r["config"]["method"] for r in records))
+    rates = sorted({r["config"]["noise_rate"] for r in records})
+    return methods, rates
+
+
+def demo_table(records: Sequence[Dict[str, Any]]) -> List[str]:
+    """Markdown table: final test accuracy (%) per method and label condition."""
+    methods, rates = _methods_and_rates(records)
+    lines = ["| method | " + " | ".join(_condition(r) for r in rates) + " |",
+             "|---|" + "---:|" * len(rates)]
+    for m in methods:
+        cells = []
+        for rate in rates:
+            acc = _final(records, m, rate)
+            cells.append("—" if acc is None else f"{acc * 100:.2f}")
+        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def demo_reading(records: Sequence[Dict[str, Any]]) -> str:
+    """One sentence that reads the table: the paper's block against BN, per condition."""
+    parts = []
+    for rate in _methods_and_rates(records)[1]:
+        bn, block = _final(records, "bn", rate), _final(records, "convnorm+bn", rate)
+        if bn is None or block is None:
+            continue
+        diff = (block - bn) * 100
+        verb = "above" if diff > 0 else "below" if diff < 0 else "level with"
+        gap = "" if diff == 0 else f"{abs(diff):.2f} points "
+        parts.append(f"with {_condition(rate)} ConvNorm+BN ends at {block * 100:.2f}%, {gap}{verb} BN "
+                     f"({bn * 100:.2f}%)")
+    if not parts:
+        return "No BN / ConvNorm+BN pair finished, so there is nothing to compare yet."
+    epochs = records[0]["config"]["epochs"]
+    text = "; ".join(parts)
+    return (f"Reading: {text[0].upper()}{text[1:]}. One seed and {epochs} epochs each, so this is a first look, "
+            "not a verdict: results/README.md gives multi-seed studies with their seed-to-seed spread.")
+
+
+def demo_plot(records: Sequence[Dict[str, Any]], path: str) -> str:
+    """Test accuracy per epoch, one panel per label condition; returns ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods, rates = _methods_and_rates(records)
+    fig, axes = plt.subplots(1, len(rates), figsize=(4.6 * len(rates), 3.4), squeeze=False, sharey=True)
+    for ax, rate in zip(axes[0], rates):
+        for m in methods:
+            for r in records:
+                if r["config"]["method"] == m and r["config"]["noise_rate"] == rate:
+                    epochs = [row["epoch"] for row in r["epochs"]]
+                    ax.plot(epochs, [row["test_acc"] * 100 for row in r["epochs"]], marker="o", label=_label(m))
+        ax.set_title(_condition(rate))
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    part = records[0]["data"].get("test_part_size")
+    axes[0][0].set_ylabel("test accuracy (%)" + (f", {part:,} test images" if part else ""))
+    axes[0][0].legend()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,214 @@
+"""The memorisation view of the report: long training in which networks fit noisy labels.
+
+The paper's label-noise claim lives where a network starts to memorise: BN's test accuracy
+peaks, then falls as it fits the noisy labels, and ConvNorm is said to hold on. For every
+folder ``memorisation-*`` of records (a study, or its pilot) this module renders, from the
+records alone:
+
+* per method and label condition, mean ± sample std over seeds of the best test accuracy
+  over the epochs, the final one, the drop from best to final (all three on the part of the
+  test set scored every epoch), the final accuracy on the whole test set, and the fraction of
+  noisy training labels fitted at the end;
+* per method and condition, the difference to BN (paired by seed) beside the seed spread of
+  BN itself;
+* curves of test accuracy and of noisy-label fit per epoch (mean over seeds, band min–max);
+* a reading per noisy condition: which runs memorise by both measures (:data:`FIT_MEMORISED`,
+  :data:`DROP_MEMORISED`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import textwrap
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from convnorm.experiments.stats import format_mean_std, mean_std
+from convnorm.experiments.stats import method_key as _method_key
+from convnorm.experiments.stats import noise_label as _condition
+from convnorm.experiments.stats import noise_sort_key as _condition_key
+
+__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "is_memorisation_folder", "run_summary", "memorisation_section"]
+
+#: A run memorises when it ends fitting more than this fraction of its noisy training labels
+FIT_MEMORISED = 0.5
+#: ... and its final test accuracy is at least this far (a fraction) below its best.
+DROP_MEMORISED = 0.05
+
+def is_memorisation_folder(path: str) -> bool:
+    """Records in a folder named ``memorisation-*`` (at any depth) belong to this view."""
+    return any(part.startswith("memorisation-") for part in os.path.normpath(path).split(os.sep))
+
+
+def run_summary(record: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """The memorisation numbers of one complete run (fractions in [0, 1]).
+
+    ``best``/``final``: best and last per-epoch test accuracy (the part of the test set scored
+    every epoch); ``drop = best - final``; ``final_full``: the last epoch on the whole test set;
+    ``fit``: noisy training labels fitted at the end (None for clean labels); ``best_epoch``.
+    """
+    rows = record["epochs"]
+    accs = [row["test_acc"] for row in rows]
+    best = max(accs)
+    return dict(best=best, final=accs[-1], drop=best - accs[-1], final_full=record["final_test_acc"],
+                fit=rows[-1].get("memorized_noisy"), best_epoch=float(accs.index(best) + 1))
+
+
+def _memorises(s: Dict[str, Optional[float]]) -> bool:
+    return s["fit"] is not None and s["fit"] > FIT_MEMORISED and s["drop"] >= DROP_MEMORISED
+
+
+def _setting(cfg: Dict[str, Any]) -> str:
+    widths = cfg.get("model_options", {}).get("widths")
+    model = cfg["model"] + (f" (widths {'-'.join(map(str, widths))})" if widths else "")
+    return (f"{cfg['dataset']} {cfg['train_fraction'] * 100:g}%, {model}, {cfg['epochs']} epochs, batch "
+            f"{cfg['batch_size']}, lr {cfg['lr']:g} ({cfg['schedule']}"
+            + (f" at {'/'.join(map(str, cfg['milestones']))}" if cfg["schedule"] == "step" else "")
+            + f"), wd {cfg['weight_decay']:g}" + (", augmented" if cfg.get("augment") else ", no augmentation"))
+
+
+def _summary_table(runs: List[Dict[str, Any]], part: int) -> List[str]:
+    methods = sorted({r["config"]["method"] for r in runs}, key=_method_key)
+    conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
+    out = [f"Test accuracy (%): best over the epochs, final, and the drop from best to final, on the fixed "
+           f"{part:,}-image part of the test set scored every epoch; final on all of the test set; noisy "
+           "training labels fitted at the end (%). Mean ± std over seeds (n seeds).", "",
+           "| method | labels | best | final | drop | final (all test) | noisy fitted | n |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cond in conditions:
+        for m in methods:
+            rs = [r for r in runs if r["config"]["method"] == m and _condition(r["config"]) == cond]
+            if not rs:
+                continue
+            ss = [run_summary(r) for r in rs]
+            fit = [s["fit"] for s in ss if s["fit"] is not None]
+            out.append(f"| {m} | {cond} | {format_mean_std([s['best'] for s in ss])} | "
+                       f"{format_mean_std([s['final'] for s in ss])} | {format_mean_std([s['drop'] for s in ss])} | "
+                       f"{format_mean_std([s['final_full'] for s in ss])} | "
+                       f"{format_mean_std(fit) if fit else '—'} | {len(rs)} |")
+    return out + [""]
+
+
+def _paired(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> List[float]:
+    by_seed = defaultdict(dict)
+    for r in runs:
+        if _condition(r["config"]) == cond:
+            by_seed[r["config"]["seed"]][r["config"]["method"]] = run_summary(r)[key]
+    return [v[method] - v["bn"] for _, v in sorted(by_seed.items()) if method in v and "bn" in v]
+
+
+def _difference_table(runs: List[Dict[str, Any]]) -> List[str]:
+    methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
+    conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
+    if not methods or not any(r["config"]["method"] == "bn" for r in runs):
+        return []
+    out = ["Difference to BN (percentage points; method minus BN, paired by seed, mean ± std over seeds), "
+           "beside BN's own seed-to-seed std. A difference smaller than the spreads is not a difference.", "",
+           "| method | labels | Δ final (all test) | Δ drop | BN std, final (all test) | BN std, drop | seeds |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for cond in conditions:
+        bn = [run_summary(r) for r in runs if r["config"]["method"] == "bn" and _condition(r["config"]) == cond]
+        bn_final = mean_std([s["final_full"] for s in bn])[1] if bn else math.nan
+        bn_drop = mean_std([s["drop"] for s in bn])[1] if bn else math.nan
+        for m in methods:
+            d_final, d_drop = _paired(runs, m, cond, "final_full"), _paired(runs, m, cond, "drop")
+            if not d_final:
+                continue
+            spread = lambda v: "—" if math.isnan(v) else f"{v * 100:.2f}"
+            out.append(f"| {m} | {cond} | {_signed(d_final)} | {_signed(d_drop)} | {spread(bn_final)} | "
+                       f"{spread(bn_drop)} | {len(d_final)} |")
+    return out + [""]
+
+
+def _signed(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    text = f"{mean * 100:+.2f}"
+    return text if math.isnan(std) else f"{text} ± {std * 100:.2f}"
+
+
+def _reading(runs: List[Dict[str, Any]]) -> List[str]:
+    out = [f"Reading (generated): a run memorises when it ends fitting more than {FIT_MEMORISED * 100:g}% of its "
+           f"noisy training labels and its final test accuracy is at least {DROP_MEMORISED * 100:g} points below "
+           "its best.", ""]
+    conditions = [c for c in sorted({_condition(r["config"]) for r in runs}, key=_condition_key) if c != "clean"]
+    for cond in conditions:
+        parts = []
+        for m in sorted({r["config"]["method"] for r in runs}, key=_method_key):
+            ss = [run_summary(r) for r in runs if r["config"]["method"] == m and _condition(r["config"]) == cond]
+            if ss:
+                mem = sum(_memorises(s) for s in ss)
+                drop = mean_std([s["drop"] for s in ss])[0] * 100
+                parts.append(f"{m} {mem}/{len(ss)} (mean drop {drop:.2f} points)")
+        out.append(f"- {cond}: runs that memorise: " + "; ".join(parts) + ".")
+    return out + [""]
+
+
+def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:
+    conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
+    methods = sorted({r["config"]["method"] for r in runs}, key=_method_key)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(conditions), figsize=(4.4 * len(conditions), 6.4), squeeze=False,
+                             sharex=True)
+    for col, cond in enumerate(conditions):
+        for m in methods:
+            rs = [r for r in runs if r["config"]["method"] == m and _condition(r["config"]) == cond]
+            if not rs:
+                continue
+            n_ep = min(len(r["epochs"]) for r in rs)
+            epochs = list(range(1, n_ep + 1))
+            for row, key in enumerate(("test_acc", "memorized_noisy")):
+                if key == "memorized_noisy" and cond == "clean":
+                    continue
+                values = [[(r["epochs"][i][key] or 0.0) * 100 for r in rs] for i in range(n_ep)]
+                mean = [sum(v) / len(v) for v in values]
+                line, = axes[row][col].plot(epochs, mean, label=m, linewidth=1.4)
+                if len(rs) > 1:
+                    axes[row][col].fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
+                                                color=line.get_color(), alpha=0.18, linewidth=0)
+        axes[0][col].set_title(cond)
+        axes[1][col].set_xlabel("epoch")
+        if cond == "clean":
+            axes[1][col].set_axis_off()
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[1][min(1, len(conditions) - 1)].set_ylabel("noisy training labels fitted (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(textwrap.fill(title, width=int(58 * len(conditions))), fontsize=9)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_dir: str) -> List[str]:
+    """Markdown lines of the memorisation view of ``records`` (path, record) found under
+    ``folder``, grouped by their ``memorisation-*`` folder and training setting; figures go
+    to ``fig_dir``."""
+    groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
+    pending: Dict[str, int] = defaultdict(int)
+    for path, r in records:
+        where = os.path.relpath(os.path.dirname(path), folder)
+        if r.get("status") != "complete":
+            pending[where] += 1
+            continue
+        groups[(where, _setting(r["config"]))].append(r)
+    lines: List[str] = []
+    for where in sorted({w for w, _ in groups} | set(pending)):
+        lines += [f"### {where}", ""]
+        if pending.get(where):
+            lines += [f"{pending[where]} run(s) not complete are left out.", ""]
+        for (w, setting), runs in sorted(groups.items()):
+            if w != where:
+                continue
+            part = runs[0]["data"].get("test_part_size", runs[0]["data"]["test_size"])
+            lines += [f"Setting: {setting}.", ""]
+            lines += _summary_table(runs, part) + _difference_table(runs) + _reading(runs)
+            slug = where.replace(os.sep, "-") + "-" + hashlib.sha1(setting.encode()).hexdigest()[:6]
+            png = _curves(runs, os.path.join(fig_dir, f"{slug}-curves.png"), f"{where}: {setting}")
+            lines += [f"![memorisation curves]({os.path.relpath(png, folder)})", ""]
+    return lines

@@ -1,0 +1,190 @@
+"""The adversarial-robustness section of ``convnorm report``, from records of kind ``"robust"``.
+
+Per setting of :func:`convnorm.experiments.robust.train_free_at` runs: accuracy tables
+(clean, FGSM, PGD; mean ± std over seeds), how the setting differs from the published one,
+a generated comparison with the published ranking, each run's gradient-masking checks, and
+the paper's published numbers. The lines depend on the records only.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, Dict, List
+
+from convnorm.experiments.methods import METHODS
+from convnorm.experiments.records import iter_records
+from convnorm.experiments.robust import ADV_PRESETS, PUBLISHED_FREE_AT, AdvConfig
+from convnorm.experiments.stats import format_mean_std, mean_std
+
+__all__ = ["report_section"]
+
+_SETTING_EXCLUDE = ("method", "seed")
+
+
+def _eps_text(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+def _setting_key(cfg: Dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k not in _SETTING_EXCLUDE}, sort_keys=True)
+
+
+def _setting_title(cfg: Dict[str, Any]) -> str:
+    fraction = cfg["train_fraction"]
+    frac = "full training set" if fraction == 1 else f"{fraction * 100:g}% of the training set"
+    unit = "passes" if cfg["epoch_counting"] == "passes" else "epochs of gradient computations"
+    return (f"{cfg['dataset']}, {cfg['model']}, {frac}, {cfg['epochs']} {unit} of free AT "
+            f"(m={cfg['replays']}, eps {_eps_text(cfg['eps'])}, step {_eps_text(cfg['step'])}, "
+            f"delta reset: {cfg['perturbation_reset']})")
+
+
+def _differences(cfg: Dict[str, Any]) -> str:
+    """A sentence naming how ``cfg`` differs from the published setting (``paper-free-at``)."""
+    paper = AdvConfig(**ADV_PRESETS["paper-free-at"]).identity()
+
+    def pct(f):
+        return f"{f * 100:g}%"
+
+    fields = [
+        ("dataset", "data set", str), ("model", "model", str), ("train_fraction", "training data", pct),
+        ("epochs", "epochs", str), ("epoch_counting", "epoch counting", str), ("replays", "replays m", str),
+        ("batch_size", "batch size", str), ("lr", "lr", lambda v: f"{v:g}"),
+        ("milestones", "lr milestones", lambda v: "/".join(str(t) for t in v) or "none"),
+        ("schedule", "schedule", str), ("weight_decay", "weight decay", lambda v: f"{v:g}"),
+        ("eps", "training eps", _eps_text), ("step", "FGSM step", _eps_text),
+        ("perturbation_reset", "delta reset", str), ("augment", "augmentation", str),
+        ("eval_pgd_steps", "PGD steps", str), ("eval_pgd_step", "PGD step", _eps_text),
+        ("eval_restarts", "PGD restarts", str),
+    ]
+    diffs = [f"{label} {fmt(cfg[key])} (published: {fmt(paper[key])})" for key, label, fmt in fields
+             if key in cfg and cfg[key] != paper[key]]
+    samples = cfg.get("eval_samples")
+    test = "the whole test set" if samples is None else f"the first {samples} test images"
+    if not diffs:
+        return f"These runs use the published setting (preset `paper-free-at`); attacks on {test}."
+    return ("These runs differ from the published setting (preset `paper-free-at`) in: " + "; ".join(diffs)
+            + f". Attacks on {test}.")
+
+
+def _check_cell(check: Dict[str, Any], text: str) -> str:
+    if check.get("passed") is None:
+        return "not run"
+    return ("yes" if check["passed"] else "**NO**") + f" ({text})"
+
+
+def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
+    """Generated: does the ranking of methods here match the published one, pair by pair?
+
+    A pair of methods with published numbers is "ordered as published" when the sign of
+    the difference of mean accuracies is the same here; a disagreement is "beyond the seed
+    spread" when it exceeds twice the larger seed standard deviation of the two methods,
+    judged only when both have two or more seeds. Only for settings attacked as published
+    (eps 8/255, PGD-20).
+    """
+    cfg = runs[0]["config"]
+    eval_eps = cfg["eps"] if cfg.get("eval_eps") is None else cfg["eval_eps"]
+    if abs(eval_eps - 8 / 255) > 1e-9 or cfg["eval_pgd_steps"] != 20:
+        return []  # the published numbers are for eps 8/255 and PGD-20
+    out = []
+    for column, key in (("FGSM", "fgsm_acc"), ("PGD", "pgd_acc")):
+        published = {m: fg if column == "FGSM" else pg for m, _, fg, pg in PUBLISHED_FREE_AT}
+        published = {m: v for m, v in published.items() if v is not None}
+        here = {m: [r[key] for r in runs if r["config"]["method"] == m] for m in published}
+        here = {m: v for m, v in here.items() if v}
+        if len(here) < 2:
+            continue
+        stats = {m: mean_std(v) for m, v in here.items()}
+        ranked = sorted(here, key=lambda m: -stats[m][0])
+        pairs = agree = beyond = unjudged = 0
+        for i, a in enumerate(ranked):
+            for b in ranked[i + 1:]:
+                if published[a] == published[b]:
+                    continue
+                pairs += 1
+                if published[a] > published[b]:
+                    agree += 1
+                elif len(here[a]) < 2 or len(here[b]) < 2:
+                    unjudged += 1
+                else:
+                    beyond += stats[a][0] - stats[b][0] > 2 * max(stats[a][1], stats[b][1])
+        order_here = " > ".join(f"{m} {stats[m][0] * 100:.1f}" for m in ranked)
+        order_pub = " > ".join(f"{m} {published[m]:.1f}" for m in sorted(here, key=lambda m: -published[m]))
+        out.append(f"- {column}, ranked here: {order_here}; published: {order_pub}. Pairs ordered as published: "
+                   f"{agree} of {pairs}; of the others, {beyond} differ here by more than twice the larger seed "
+                   "standard deviation" + (f" ({unjudged} with a single seed on a side, not judged)"
+                                           if unjudged else "") + ".")
+    if not out:
+        return []
+    return ["Reading (generated), against the published ranking (the published gaps are small too, "
+            "about a point or less between the top methods):", ""] + out + [""]
+
+
+def report_section(folder: str) -> List[str]:
+    """Markdown lines from the records of kind ``"robust"`` under ``folder``.
+
+    Per setting (every config field but method and seed): a table of method -> clean, FGSM
+    and PGD-K test accuracy (%, mean ± std over seeds), a sentence on how the setting
+    differs from the published one, and each run's gradient-masking checks; then, once, the
+    published table. Deterministic: the same records give the same lines.
+    """
+    records = [r for _, r in iter_records(folder, kind="robust")]
+    if not records:
+        return []
+    complete = [r for r in records if r.get("status") == "complete" and "evaluation" in r]
+    lines = ["## Adversarial robustness (free adversarial training)", ""]
+    pending = len(records) - len(complete)
+    if pending:
+        lines += [f"{pending} robust run(s) not complete are left out of the tables.", ""]
+    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for r in complete:
+        groups[_setting_key(r["config"])].append(r)
+    order = {m: i for i, m in enumerate(METHODS)}
+    method_key = lambda m: (order.get(m, len(order)), m)  # noqa: E731
+    for key in sorted(groups):
+        runs = sorted(groups[key], key=lambda r: (method_key(r["config"]["method"]), r["config"]["seed"], r["name"]))
+        cfg = runs[0]["config"]
+        eps = _eps_text(cfg["eps"] if cfg.get("eval_eps") is None else cfg["eval_eps"])
+        k = cfg["eval_pgd_steps"]
+        lines += [f"### {_setting_title(cfg)}", "",
+                  f"Test accuracy (%) of the final model, L-inf eps {eps}: clean, FGSM, PGD-{k} "
+                  f"(step {_eps_text(cfg['eval_pgd_step'])}, {cfg['eval_restarts']} restart(s), random start); "
+                  "mean ± std over seeds.", "",
+                  f"| method | seeds | clean | FGSM | PGD-{k} | gradient-masking checks passed |",
+                  "|---|---|---|---|---|---|"]
+        for m in sorted({r["config"]["method"] for r in runs}, key=method_key):
+            rs = [r for r in runs if r["config"]["method"] == m]
+            passed = sum(1 for r in rs if r.get("checks_passed"))
+            lines.append(f"| {m} | {len(rs)} | {format_mean_std([r['clean_acc'] for r in rs])} | "
+                         f"{format_mean_std([r['fgsm_acc'] for r in rs])} | "
+                         f"{format_mean_std([r['pgd_acc'] for r in rs])} | {passed}/{len(rs)} |")
+        lines += ["", _differences(cfg), ""]
+        lines += _published_order_lines(runs)
+        sweep_eps = [_eps_text(s["eps"]) for s in runs[0]["evaluation"]["eps_sweep"]]
+        lines += [f"Gradient-masking checks per run: PGD accuracy (%) over the eps sweep ({', '.join(sweep_eps)}) "
+                  "must fall (up to the tolerance) and reach about zero; PGD must not be weaker than FGSM "
+                  "(violations: samples fooled by FGSM but not by PGD).", "",
+                  "| run | method | seed | PGD accuracy over the sweep | falls | ≈ 0 at largest eps | PGD ≥ FGSM |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in runs:
+            ev = r["evaluation"]
+            checks = ev["checks"]
+            sweep = ", ".join(f"{s['acc'] * 100:.1f}" for s in ev["eps_sweep"]) or "—"
+            mono, zero, pf = checks["sweep_monotone"], checks["sweep_reaches_zero"], checks["pgd_not_weaker_than_fgsm"]
+            mono_cell = _check_cell(mono, "max rise " + ("—" if mono.get("max_rise") is None else
+                                                         f"{mono['max_rise'] * 100:.1f}") +
+                                    f" ≤ {mono['tolerance'] * 100:g}")
+            zero_cell = _check_cell(zero, "—" if zero.get("acc_at_largest_eps") is None else
+                                    f"{zero['acc_at_largest_eps'] * 100:.1f} ≤ {zero['threshold'] * 100:g} at "
+                                    f"{_eps_text(zero['largest_eps'])}")
+            pf_cell = _check_cell(pf, f"{pf['violations']} violations of {ev['samples']}")
+            lines.append(f"| {r['name']} | {r['config']['method']} | {r['config']['seed']} | {sweep} | "
+                         f"{mono_cell} | {zero_cell} | {pf_cell} |")
+        lines.append("")
+    lines += ["Published (ResNet-18, CIFAR-10, free AT, mean of 4 seeds), not run here: test accuracy (%) "
+              "under FGSM and PGD-20, eps 8/255.", "",
+              "| method | FGSM | PGD-20 |", "|---|---|---|"]
+    for _, label, fg, pg in PUBLISHED_FREE_AT:
+        lines.append(f"| {label} | {fg:.1f} | {'not given' if pg is None else f'{pg:.1f}'} |")
+    lines.append("")
+    return lines

@@ -1,0 +1,71 @@
+"""The memorisation view: its numbers are the records' numbers, for any curves."""
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convnorm.experiments.memorisation_report import (
+    DROP_MEMORISED,
+    FIT_MEMORISED,
+    is_memorisation_folder,
+    memorisation_section,
+    run_summary,
+)
+
+
+def record(method, rate, seed, test, fitted, final_full=None):
+    cfg = dict(dataset="cifar10", model="resnet18", model_options={"widths": [16, 32, 64, 128]}, epochs=len(test),
+               batch_size=32, lr=0.1, schedule="step", milestones=[20, 35], weight_decay=1e-4, augment=False,
+               train_fraction=0.2, noise="symmetric" if rate else "none", noise_rate=rate, method=method, seed=seed)
+    epochs = [dict(epoch=i + 1, test_acc=t, memorized_noisy=(f if rate else None)) for i, (t, f) in
+              enumerate(zip(test, fitted))]
+    return dict(kind="train", status="complete", config=cfg, epochs=epochs,
+                final_test_acc=test[-1] if final_full is None else final_full,
+                data=dict(test_size=10000, test_part_size=2000))
+
+
+@settings(max_examples=40, deadline=None)
+@given(test=st.lists(st.floats(0, 1), min_size=1, max_size=12), fit=st.floats(0, 1))
+def test_run_summary_is_best_final_and_drop_of_the_curve(test, fit):
+    s = run_summary(record("bn", 0.4, 0, test, [fit] * len(test), final_full=0.3))
+    assert s["best"] == max(test) and s["final"] == test[-1] and s["drop"] == max(test) - test[-1]
+    assert s["best_epoch"] == test.index(max(test)) + 1
+    assert s["final_full"] == 0.3 and s["fit"] == fit
+
+
+def test_section_tables_differences_and_reading(tmp_path):
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        # BN peaks then falls while fitting the noise; the other method falls less.
+        runs.append(record("bn", 0.4, seed, [0.30, 0.45 + shift, 0.35 + shift], [0.1, 0.3, 0.9]))
+        runs.append(record("convnorm-paper", 0.4, seed, [0.30, 0.44 + shift, 0.42 + shift], [0.1, 0.2, 0.4]))
+        runs.append(record("bn", 0.0, seed, [0.5, 0.6, 0.62 + shift], [0, 0, 0]))
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    lines = memorisation_section(paths, str(folder), str(folder / "figures"))
+    text = "\n".join(lines)
+    assert "| bn | sym 40% | 46.00 ± 1.41 | 36.00 ± 1.41 | 10.00 ± 0.00 | 36.00 ± 1.41 | 90.00 ± 0.00 | 2 |" in text
+    assert "| convnorm-paper | sym 40% | 45.00 ± 1.41 | 43.00 ± 1.41 | 2.00 ± 0.00 |" in text
+    # paired by seed: final +7 points, drop -8 points on both seeds
+    assert "| convnorm-paper | sym 40% | +7.00 ± 0.00 | -8.00 ± 0.00 | 1.41 | 0.00 | 2 |" in text
+    assert "- sym 40%: runs that memorise: bn 2/2 (mean drop 10.00 points); convnorm-paper 0/2" in text
+    assert os.path.exists(folder / "figures" / next(p for p in os.listdir(folder / "figures")))
+
+
+def test_memorisation_thresholds_and_folders():
+    assert (FIT_MEMORISED, DROP_MEMORISED) == (0.5, 0.05)
+    assert is_memorisation_folder(os.path.join("memorisation-cifar10", "a.json"))
+    assert is_memorisation_folder(os.path.join("x", "memorisation-pilot", "a.json"))
+    assert not is_memorisation_folder(os.path.join("label-noise-cifar10", "a.json"))
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_incomplete_runs_are_counted_not_shown(tmp_path, pending):
+    r = record("bn", 0.4, 0, [0.3, 0.4], [0.1, 0.6])
+    if pending:
+        r["status"] = "running"
+    lines = memorisation_section([(str(tmp_path / "memorisation-x" / "a.json"), r)], str(tmp_path),
+                                 str(tmp_path / "figures"))
+    assert ("1 run(s) not complete are left out." in lines) == pending
+    assert any(line.startswith("| bn | sym 40%") for line in lines) != pending
