@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 import math
 import os
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convnorm.experiments.models.sngan import ARCHS, D_NORMS, G_NORMS, build_sngan
+from convnorm.experiments.progress import progress_bar
 from convnorm.experiments.records import atomic_write_bytes, config_digest, config_identity, save_checkpoint, new_record, read_json, write_json
 
 __all__ = ["GANConfig", "GAN_PRESETS", "gan_config_from_args", "run_name", "train_gan", "hinge_loss_discriminator",
@@ -220,19 +220,14 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> Tensor:
 
 
 def encode_png(image: Tensor) -> bytes:
-    """A PNG file (8-bit, RGB or grey, no metadata) of a uint8 ``(H, W, 3)`` or ``(H, W)`` image."""
+    """A PNG file (8-bit, RGB or grey, written by Pillow) of a uint8 ``(H, W, 3)`` or ``(H, W)`` image."""
     if image.dtype != torch.uint8 or image.dim() not in (2, 3) or (image.dim() == 3 and image.shape[2] != 3):
         raise ValueError(f"image must be uint8 (H, W, 3) or (H, W), got {image.dtype} {tuple(image.shape)}")
-    h, w = image.shape[:2]
-    color_type = 2 if image.dim() == 3 else 0
-    data = image.contiguous().numpy().reshape(h, -1)
-    raw = b"".join(b"\x00" + row.tobytes() for row in data)  # filter type 0 on every row
+    from PIL import Image
 
-    def chunk(tag: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    buffer = io.BytesIO()
+    Image.fromarray(image.contiguous().numpy()).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
 
 
 def sample_diversity(images: Tensor) -> float:
@@ -448,7 +443,9 @@ def train_gan(
     g.train()
     d.train()
     d_params = list(d.parameters())
+    bar = progress_bar(end - start, "iterations", log is not None)
     for t in range(start, end):
+        bar.update(1)
         t0 = time.perf_counter()
         gen = _step_generator(config.seed, t)
         lr = config.lr * (1.0 - t / config.iterations) if config.lr_decay == "linear" else config.lr
@@ -500,6 +497,7 @@ def train_gan(
             record["wall_time_s"] += time.perf_counter() - wall0
             wall0 = time.perf_counter()
             checkpoint(done)
+    bar.close()
     if end == start and start < config.iterations:
         checkpoint(start)
     return json.loads(json.dumps(record))

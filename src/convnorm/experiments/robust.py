@@ -70,6 +70,7 @@ from convnorm.experiments.corruptions import per_class_subset
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import apply_method
 from convnorm.experiments.models import build_model
+from convnorm.experiments.progress import progress_bar
 from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, new_record, read_json, write_json
 from convnorm.experiments.train import _epoch_generator, validate_common
 
@@ -386,6 +387,7 @@ def train_free_at(
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * samples, correct, samples (over all replays)
         lr = config.lr
+        bar = progress_bar(len(batches), f"epoch {epoch + 1}/{config.epochs}", log is not None)
         for b_index, b in enumerate(batches):
             x = data.train_images[b].float().div_(255)
             if config.augment:
@@ -398,6 +400,8 @@ def train_free_at(
             sums += free_at_batch(model, x, y, delta, optimizer, eps=config.eps, step=config.step, lrs=lrs,
                                   regularizer=regularizer)
             lr = lrs[-1]
+            bar.update(1)
+        bar.close()
         record["sgd_steps"] += steps_per_epoch
         train_time = time.perf_counter() - t0
         model.eval()

@@ -41,6 +41,7 @@ from convnorm.experiments.augment import normalize, random_crop_flip
 from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import MODELS, build_model
+from convnorm.experiments.progress import progress_bar
 from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, new_record, read_json, write_json
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "run_name", "prepare_data"]
@@ -275,15 +276,6 @@ def evaluate(model: nn.Module, images: Tensor, labels: Sequence[Tensor], mean, s
         correct[-1] += len(b)
     correct = _all_sum(correct.to(device)).cpu()
     return [float(c / correct[-1]) for c in correct[:-1]]
-
-
-def progress_bar(total: int, description: str, enabled: bool):
-    """A tqdm bar over ``total`` steps, drawn only on a terminal (a log file gets the
-    one-line-per-epoch log instead) and only where ``enabled`` (rank 0)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()))
 
 
 def train(
