@@ -30,6 +30,18 @@ def make_batch():
     return torch.randn(8, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g)
 
 
+STEPS = 3
+
+
+def train_steps(model, x, y, steps):
+    """SGD steps on a fixed batch; every forward updates the running spectrum of the first layer."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
 def worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = nn.parallel.DistributedDataParallel(make_model())
@@ -38,6 +50,8 @@ def worker(rank, world, init_file, out_dir):
     nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()
     grads = {k: p.grad.clone() for k, p in model.module.named_parameters()}
     torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+    train_steps(model, x[shard], y[shard], STEPS)
+    torch.save(model.module.state_dict(), os.path.join(out_dir, f"state{rank}.pt"))
     # Both ranks finish their collectives, and DDP's reducer (which holds gloo work objects) is
     # gone, before the group is torn down: otherwise gloo's threads can abort the process.
     dist.barrier()
@@ -59,3 +73,13 @@ def test_ddp_gradients_equal_full_batch_gradients():
             assert set(got) == set(expected)
             for k in expected:
                 assert torch.allclose(got[k], expected[k], atol=1e-12), k
+        states = [torch.load(os.path.join(tmp, f"state{rank}.pt")) for rank in range(2)]
+    # The running spectrum needs no communication: it follows the synchronised weights, so both
+    # ranks hold the same buffers, and those of one process trained on the whole batch.
+    model.zero_grad()
+    train_steps(model, x, y, STEPS)
+    single = model.state_dict()
+    assert int(states[0]["0.num_batches_tracked"]) == 1 + STEPS
+    for key in ("0.running_spectrum", "0.running_grid", "0.num_batches_tracked"):
+        assert torch.equal(states[0][key], states[1][key]), key
+        assert torch.allclose(states[0][key].double(), single[key].double(), rtol=1e-12, atol=0), key

@@ -233,7 +233,11 @@ def test_evaluate_robustness_reports_accuracies_settings_and_checks(trained):
     assert checks["sweep_monotone"]["max_rise"] == pytest.approx(max(b - a for a, b in zip(accs, accs[1:])))
     assert checks["sweep_monotone"]["passed"] and checks["sweep_reaches_zero"]["passed"]
     assert checks["sweep_reaches_zero"]["acc_at_largest_eps"] == accs[-1] <= 0.05
-    assert checks["pgd_not_weaker_than_fgsm"]["violations"] >= 0
+    # Violations are the samples PGD leaves correct although FGSM fooled them: PGD's correct
+    # ones minus those correct under both.
+    against_fgsm = checks["pgd_not_weaker_than_fgsm"]
+    assert against_fgsm["violations"] == round((out["pgd_acc"] - out["fgsm_and_pgd_acc"]) * out["samples"])
+    assert against_fgsm["violation_rate"] == against_fgsm["violations"] / out["samples"]
     assert out["checks_passed"] is all(c["passed"] for c in checks.values())
     json.dumps(out)  # JSON-ready
 
