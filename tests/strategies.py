@@ -51,3 +51,12 @@ def conv_configs(draw, dims=st.sampled_from([1, 2, 3]), modes=st.sampled_from(MO
         size=tuple(size),
         batch=draw(st.integers(1, 2)),
     )
+
+
+def fourier_applies(cfg) -> bool:
+    """Whether ``algorithm='fourier'`` takes a drawn geometry (it refuses some; see conv_norm)."""
+    from convnorm.functional import _plan, _side_padding
+
+    plan = _plan(cfg["size"], cfg["kernel"], cfg["stride"], _side_padding(cfg["padding"], cfg["kernel"], cfg["dilation"]),
+                 cfg["dilation"], cfg["padding_mode"])
+    return plan.fourier_ok or not plan.active  # 1x1 kernels: the folded path, any algorithm

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import reference as R
 from convnorm import functional as CF
-from strategies import conv_configs
+from strategies import conv_configs, fourier_applies
 
 CONVS = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 
@@ -45,14 +45,6 @@ def test_reference_geometry_is_pytorch_conv(cfg):
     got = R.apply(dense, x.numpy(), cfg["padding_mode"])
     assert got.shape == expected.shape
     assert relative_error(got, expected) < 1e-12
-
-
-def fourier_applies(cfg):
-    from convnorm.functional import _plan, _side_padding
-
-    plan = _plan(cfg["size"], cfg["kernel"], cfg["stride"], _side_padding(cfg["padding"], cfg["kernel"], cfg["dilation"]),
-                 cfg["dilation"], cfg["padding_mode"])
-    return plan.fourier_ok or not plan.active  # 1x1 kernels: the folded path, any algorithm
 
 
 @settings(max_examples=300, deadline=None)

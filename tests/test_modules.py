@@ -16,7 +16,7 @@ from torch import nn
 import reference as R
 from convnorm import ConvNorm1d, ConvNorm2d, ConvNorm3d
 from convnorm import functional as CF
-from strategies import conv_configs
+from strategies import conv_configs, fourier_applies
 
 CLASSES = {1: ConvNorm1d, 2: ConvNorm2d, 3: ConvNorm3d}
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -33,8 +33,6 @@ def build_module(cfg, **kwargs):
 @given(cfg=conv_configs(), bias=st.booleans(), affine_init=st.sampled_from(["identity", "random"]),
        algorithm=st.sampled_from(["auto", "spatial", "fourier"]), train=st.booleans())
 def test_module_matches_dense_reference(cfg, bias, affine_init, algorithm, train):
-    from test_functional import fourier_applies
-
     if algorithm == "fourier" and not fourier_applies(cfg):
         algorithm = "auto"
     torch.manual_seed(0)
