@@ -24,11 +24,11 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert main(["demo", "--dataset", "synthetic", "--epochs", "1", "--train-fraction", "0.1", "--out", str(tmp_path / "demo"),
                  "--checkpoints", str(tmp_path / "ckpt")]) == 0
     out = capsys.readouterr().out
-    assert "| BN |" in out and "| ConvNorm+BN |" in out and "| ConvNorm |" not in out
+    assert "| BN |" in out and "| ConvNorm+BN (paper) |" in out and "| ConvNorm |" not in out
     assert "plot:" in out and (tmp_path / "demo" / "demo.png").exists()
     records = sorted((tmp_path / "demo").glob("*.json"))
-    assert sorted(json.loads(p.read_text())["config"]["method"] for p in records) == ["bn", "bn", "convnorm+bn",
-                                                                                   "convnorm+bn"]
+    assert sorted(json.loads(p.read_text())["config"]["method"] for p in records) == ["bn", "bn", "convnorm-paper",
+                                                                                   "convnorm-paper"]
     assert all(json.loads(p.read_text())["status"] == "complete" for p in records)
     assert (tmp_path / "demo" / "README.md").exists()
     reading = next(line for line in out.splitlines() if line.startswith("Reading:"))

@@ -464,8 +464,12 @@ def test_png_errors():
         D.decode_png(b"GIF89a" + good[6:])
     bad_crc = bytearray(good)
     bad_crc[chunk_offsets(good, b"IDAT")[0] + 8] ^= 0xFF
-    with pytest.raises(DatasetError, match="corrupt PNG"):
+    with pytest.raises(DatasetError, match="CRC mismatch in its b'IDAT' chunk"):
         D.decode_png(bytes(bad_crc))
+    late = bytearray(good)
+    late[chunk_offsets(good, b"IDAT")[-1] + 9] ^= 0x01  # inside the compressed pixels, not the zlib header
+    with pytest.raises(DatasetError, match="CRC mismatch"):
+        D.decode_png(bytes(late))
     noise = encode_png(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8), [0] * 40)
     with pytest.raises(DatasetError, match="corrupt PNG"):
         D.decode_png(noise[:len(noise) // 2])
@@ -473,8 +477,16 @@ def test_png_errors():
 
     buffer = io.BytesIO()
     Image.fromarray(np.full((2, 2), 40000, np.uint16)).save(buffer, format="PNG")  # 16-bit grey
-    with pytest.raises(DatasetError, match="unsupported PNG mode"):
+    with pytest.raises(DatasetError, match="unsupported PNG bit depth 16"):
         D.decode_png(buffer.getvalue())
+    rgb16 = bytearray(encode_png(np.zeros((2, 2, 3), np.uint8), [0, 0]))
+    ihdr = chunk_offsets(bytes(rgb16), b"IHDR")[0]
+    body = bytes(rgb16[ihdr + 4:ihdr + 8 + 13])
+    body = body[:12] + b"\x10" + body[13:]  # bit depth 16, CRC made right
+    rgb16[ihdr + 4:ihdr + 8 + 13] = body
+    rgb16[ihdr + 21:ihdr + 25] = struct.pack(">I", zlib.crc32(body))
+    with pytest.raises(DatasetError, match="bit depth 16"):
+        D.decode_png(bytes(rgb16))
 
 
 def test_png_palette_with_transparency_gives_rgba():

@@ -166,7 +166,7 @@ def _torchattacks_fgsm_pgd():
     if not os.path.isfile(wheel):
         pytest.skip(f"torchattacks is neither installed nor downloaded to {wheel} "
                     "(`pip download --no-deps --dest <data root>/wheels torchattacks==3.5.1`)")
-    saved_path, saved_modules = list(sys.path), dict(sys.modules)
+    saved_path = list(sys.path)
     sys.path.insert(0, wheel)
     try:
         torchattacks = importlib.import_module("torchattacks")
@@ -174,7 +174,7 @@ def _torchattacks_fgsm_pgd():
         return torchattacks.FGSM, torchattacks.PGD
     finally:
         sys.path[:] = saved_path
-        for name in [k for k in sys.modules if k not in saved_modules]:
+        for name in [k for k in sys.modules if k == "torchattacks" or k.startswith("torchattacks.")]:
             del sys.modules[name]
 
 

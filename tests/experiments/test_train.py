@@ -50,6 +50,35 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_test_subset_scores_a_fixed_part_each_epoch_and_everything_at_the_end(tmp_path):
+    from convnorm.experiments.corruptions import per_class_subset
+    from convnorm.experiments.data import load_dataset
+
+    config = tiny(epochs=2, test_subset=300)
+    record = train(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ckpt"), log=None)
+    first, last = record["epochs"]
+    assert record["data"]["test_part_size"] == 300 and record["data"]["test_size"] == 1000
+    assert "test_acc_full" not in first and "test_acc_full" in last
+    assert record["final_test_acc"] == last["test_acc_full"]
+    # Recompute both accuracies from the final checkpoint on the same images.
+    from convnorm.experiments.spectral_study import load_model
+
+    model = load_model(str(tmp_path / "ckpt" / f"{run_name(config)}.pt")).eval()
+    data = prepare_data(config)
+    test = load_dataset("synthetic", train=False)
+    part = per_class_subset(test.labels, 0.3, seed=0)
+    assert torch.equal(data.test_part, part)
+    with torch.no_grad():
+        from convnorm.experiments.augment import normalize
+
+        pred = model(normalize(test.images, data.mean, data.std)).argmax(1)
+    assert last["test_acc"] == pytest.approx(float((pred[part] == test.labels[part]).double().mean()))
+    assert last["test_acc_full"] == pytest.approx(float((pred == test.labels).double().mean()))
+    # The field stays out of the identity (and so out of the run name) while it is 0.
+    assert "test_subset" not in tiny().identity() and tiny(test_subset=300).identity()["test_subset"] == 300
+    assert run_name(tiny()) != run_name(config)
+
+
 def test_finished_run_is_not_retrained(tmp_path):
     config = tiny(epochs=1)
     first = train(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)

@@ -400,9 +400,10 @@ def _add_prepare(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the first run: BN against the paper's ConvNorm+BN block on Fashion-MNIST, "
                                     "clean and with heavy label noise",
-                       description="Train the small ResNet with BN and with ConvNorm followed by BN (the paper's "
-                                   "block) on part of Fashion-MNIST, with clean labels and with 60%% symmetric "
-                                   "label noise; print the table, the plot's path and a reading of the numbers.")
+                       description="Train the small ResNet with BN and with the paper's block (ConvNorm followed "
+                                   "by BN, method convnorm-paper) on part of Fashion-MNIST, with clean labels and "
+                                   "with 60% symmetric label noise; print the table, the plot's path and a "
+                                   "reading of the numbers.")
     p.add_argument("--out", default="demo", help="record folder (default: demo)")
     p.add_argument("--checkpoints", default=os.path.join("checkpoints", "demo"))
     p.add_argument("--epochs", type=int, help="override the demo's epochs")

@@ -495,6 +495,30 @@ def _load_cifar100(root: str, train: bool, label_type: str) -> LabeledImages:
 _PNG_MODES = {"L": "L", "RGB": "RGB", "LA": "LA", "RGBA": "RGBA", "P": None, "1": "L", "I;16": None}
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(data: bytes, name: str) -> None:
+    """Every chunk's CRC (Pillow skips the image data's) and an 8-bit depth (Pillow would
+    silently keep the high bytes of a 16-bit image)."""
+    if data[:8] != _PNG_SIGNATURE:
+        raise DatasetError(f"{name} is not a PNG file")
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            raise DatasetError(f"{name}: corrupt PNG (truncated inside its {kind!r} chunk)")
+        if zlib.crc32(data[pos + 4:pos + 8 + length]) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise DatasetError(f"{name}: corrupt PNG (CRC mismatch in its {kind!r} chunk)")
+        if kind == b"IHDR" and data[pos + 16] != 8:
+            raise DatasetError(f"{name}: unsupported PNG bit depth {data[pos + 16]}; only 8-bit images are read")
+        if kind == b"IEND":
+            return
+        pos = end
+    raise DatasetError(f"{name}: corrupt PNG (truncated: no IEND chunk)")
+
+
 def decode_png(data: bytes, *, name: str = "PNG") -> np.ndarray:
     """Decode a PNG (with Pillow) to a ``uint8`` array ``(H, W, C)``.
 
@@ -506,10 +530,11 @@ def decode_png(data: bytes, *, name: str = "PNG") -> np.ndarray:
         name: how to name the file in error messages.
 
     Raises:
-        DatasetError: not a PNG, corrupt (Pillow checks every chunk's CRC), or 16-bit.
+        DatasetError: not a PNG, corrupt (every chunk's CRC is checked), or not 8-bit.
     """
     from PIL import Image, UnidentifiedImageError
 
+    _check_png_chunks(data, name)
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG"])
         image.load()

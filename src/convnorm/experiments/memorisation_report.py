@@ -193,6 +193,8 @@ def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str,
     pending: Dict[str, int] = defaultdict(int)
     for path, r in records:
         where = os.path.relpath(os.path.dirname(path), folder)
+        if where == ".":  # the report of one study's own folder
+            where = os.path.basename(os.path.abspath(folder))
         if r.get("status") != "complete":
             pending[where] += 1
             continue

@@ -199,7 +199,8 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
             if conds:
                 parts.append(f"{kind} in {len(conds)}: " + ", ".join(conds))
         out.append(f"- {m} against bn, {len(verdicts)} condition(s): " + "; ".join(parts) + ".")
-    tested = [(m, v) for m in ("convnorm", "convnorm+bn") for v in _verdicts(runs, m) if v[0] != "clean"]
+    tested = [(m, v) for m in ("convnorm", "convnorm+bn", "convnorm-paper") for v in _verdicts(runs, m)
+              if v[0] != "clean"]
     claims = [(m, v) for m, v in tested if v[1] in ("higher", "lower")]
     if claims:
         agree = [f"{m} at {c}" for m, (c, v, _) in claims if v == "higher"]
@@ -367,7 +368,7 @@ def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> 
         lines += [preamble.rstrip(), ""]
     train_records, memorisation_records = [], []
     for path, record in iter_records(folder, kind="train"):
-        inside = is_memorisation_folder(os.path.relpath(path, folder))
+        inside = is_memorisation_folder(os.path.abspath(path))
         (memorisation_records if inside else train_records).append((path, record))
     if train_records:
         lines += ["## Classification under label noise and scarce data", ""]

@@ -63,8 +63,9 @@ MEMORISATION_METHODS = ("bn", "convnorm+bn", "convnorm-paper", "sn")
 def _memorisation_cifar10() -> List[TrainConfig]:
     # Long training in which BN memorises noisy labels (docs/experiments.md, "The memorisation
     # study"): clean, 40% and 80% symmetric noise, three seeds, seed-major. Seed 0 starts with
-    # the four runs whose final checkpoints the trained-spectra chart reads (bn and
-    # convnorm-paper, clean and 40%), so that chart can be drawn before the study ends.
+    # the four runs (bn and convnorm-paper, clean and 40%) whose final checkpoints are measured
+    # with `convnorm spectral --checkpoint`, so their spectra can be taken before the study ends
+    # (checkpoints are not kept with the records).
     settings = [dict(noise="none"), dict(noise="symmetric", noise_rate=0.4), dict(noise="symmetric", noise_rate=0.8)]
     configs = [preset("cpu-memorisation", method=m, seed=seed, **setting)
                for seed in (0, 1, 2) for setting in settings for m in MEMORISATION_METHODS]
