@@ -9,9 +9,9 @@ printed is computed from the run records.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from convnorm.experiments.figures import pyplot, save_figure
 from convnorm.experiments.train import preset, train
 
 __all__ = ["DEMO_METHODS", "DEMO_NOISE_RATES", "demo_configs", "run_demo", "demo_table", "demo_reading", "demo_plot"]
@@ -97,13 +97,8 @@ def demo_reading(records: Sequence[Dict[str, Any]]) -> str:
 
 def demo_plot(records: Sequence[Dict[str, Any]], path: str) -> str:
     """Test accuracy per epoch, one panel per label condition; returns ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods, rates = _methods_and_rates(records)
-    fig, axes = plt.subplots(1, len(rates), figsize=(4.6 * len(rates), 3.4), squeeze=False, sharey=True)
+    fig, axes = pyplot().subplots(1, len(rates), figsize=(4.6 * len(rates), 3.4), squeeze=False, sharey=True)
     for ax, rate in zip(axes[0], rates):
         for m in methods:
             for r in records:
@@ -116,8 +111,4 @@ def demo_plot(records: Sequence[Dict[str, Any]], path: str) -> str:
     part = records[0]["data"].get("test_part_size")
     axes[0][0].set_ylabel("test accuracy (%)" + (f", {part:,} test images" if part else ""))
     axes[0][0].legend()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,21 +12,13 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from convnorm.experiments.figures import pyplot, save_figure
 from convnorm.experiments.gan import BASELINE_NORMS, PUBLISHED_RESULTS
 from convnorm.experiments.models.sngan import D_NORMS, G_NORMS
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import format_mean_std
 
 __all__ = ["report_section"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _fmt(value: Optional[float], spec: str) -> str:
@@ -166,7 +158,7 @@ def _run_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
 
 def _fid_plot(curves: List[Dict[str, Any]], folder: str) -> str:
     """Writes ``<folder>/figures/gan-fid.png`` (FID at the curve count over iterations)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     counts = sorted({_curve(rec)[0]["samples"] for rec in curves})
     for rec in curves:
@@ -178,11 +170,7 @@ def _fid_plot(curves: List[Dict[str, Any]], folder: str) -> str:
     ax.set_title("FID over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = os.path.join(folder, "figures", "gan-fid.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    path = save_figure(fig, os.path.join(folder, "figures", "gan-fid.png"))
     return f"![FID over iterations]({os.path.relpath(path, folder)})"
 
 

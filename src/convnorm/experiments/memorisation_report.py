@@ -24,6 +24,7 @@ import textwrap
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from convnorm.experiments.figures import pyplot, save_figure
 from convnorm.experiments.stats import format_mean_std, mean_std
 from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _condition
@@ -147,12 +148,7 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
 def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:
     conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
     methods = sorted({r["config"]["method"] for r in runs}, key=_method_key)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(conditions), figsize=(4.4 * len(conditions), 6.4), squeeze=False,
+    fig, axes = pyplot().subplots(2, len(conditions), figsize=(4.4 * len(conditions), 6.4), squeeze=False,
                              sharex=True)
     for col, cond in enumerate(conditions):
         for m in methods:
@@ -178,11 +174,7 @@ def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:
     axes[1][min(1, len(conditions) - 1)].set_ylabel("noisy training labels fitted (%)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(textwrap.fill(title, width=int(58 * len(conditions))), fontsize=9)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_dir: str) -> List[str]:

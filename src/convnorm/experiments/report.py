@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from convnorm.experiments import gan_report, robust_report
 from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
+from convnorm.experiments.figures import pyplot as _pyplot
+from convnorm.experiments.figures import save_figure as _savefig
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import format_mean_std, mean_std
 from convnorm.experiments.stats import method_key as _method_key
@@ -22,26 +24,6 @@ from convnorm.experiments.stats import noise_sort_key as _noise_sort
 
 # mean_std and format_mean_std moved to stats.py; they stay importable from here.
 __all__ = ["build_report", "mean_std", "format_mean_std", "memorisation_onset"]
-
-
-
-def _savefig(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _setting(cfg: Dict[str, Any]) -> str:

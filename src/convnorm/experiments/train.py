@@ -404,10 +404,12 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
         val_acc, val_clean_acc = evaluate(model, data.val_images, [data.val_labels, data.val_clean],
                                           data.mean, data.std, device=dev)
         part = data.test_part
-        (test_acc,) = evaluate(model, data.test_images[part], [data.test_labels[part]], data.mean, data.std,
-                               device=dev)
+        whole = len(part) == len(data.test_images)
+        images, labels = (data.test_images, data.test_labels) if whole else (data.test_images[part],
+                                                                            data.test_labels[part])
+        (test_acc,) = evaluate(model, images, [labels], data.mean, data.std, device=dev)
         extra = {}
-        if len(part) < len(data.test_images) and epoch + 1 == config.epochs:
+        if not whole and epoch + 1 == config.epochs:
             (extra["test_acc_full"],) = evaluate(model, data.test_images, [data.test_labels], data.mean, data.std,
                                                  device=dev)
         epoch_time = time.perf_counter() - t0
