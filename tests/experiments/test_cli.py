@@ -69,3 +69,6 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--preset", "test", "--method", "batchnorm", "--out", str(tmp_path)])
     assert "invalid choice: 'batchnorm'" in capsys.readouterr().err
+    for extra in (["--samples", "10"], ["--test-samples", "10"]):
+        with pytest.raises(SystemExit, match="--full sets --samples and --test-samples"):
+            main(["fid-validate", "--full", *extra])

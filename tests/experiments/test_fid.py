@@ -162,6 +162,39 @@ def test_cached_features_are_computed_once_per_block(tmp_path):
     torch.testing.assert_close(first, images.double().mean((2, 3)), rtol=1e-6, atol=1e-6)
 
 
+def test_validate_fid_pools_both_halves_against_the_test_set():
+    from convnorm.experiments.fid import validate_fid
+
+    gen = torch.Generator().manual_seed(8)
+    train = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    test = torch.randint(0, 200, (15, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    extractor = _Counting()
+    r = validate_fid(train, test, samples=20, extractor=extractor, cache_dir=None, log=None)["results"]
+    feats = lambda images: images.double().mean((2, 3))  # what _Counting computes
+    pooled = r["train_pooled_vs_test"]
+    assert (pooled["n1"], pooled["n2"]) == (40, 15)
+    assert pooled["fid"] == pytest.approx(fid_from_features(feats(train), feats(test)), rel=1e-9)
+    assert r["train_vs_test"]["fid"] == pytest.approx(fid_from_features(feats(train[:20]), feats(test)), rel=1e-9)
+    assert pooled["fid"] != pytest.approx(r["train_vs_test"]["fid"], rel=1e-6)
+
+
+@pytest.mark.parametrize("n1,n2,fid,expected", [
+    (50000, 10000, 3.1508, True), (50000, 10000, 3.2007, True), (50000, 10000, 3.2009, False),
+    (50000, 10000, 3.1007, False), (40000, 10000, 3.1508, None), (50000, 5000, 3.1508, None)])
+def test_published_comparison_only_for_every_cifar10_image(n1, n2, fid, expected):
+    from convnorm.experiments.fid import published_comparison
+
+    results = {"train_pooled_vs_test": {"fid": fid, "kid": 0.0, "kid_std": 0.0, "n1": n1, "n2": n2}}
+    out = published_comparison(results)
+    if expected is None:
+        assert out is None
+        return
+    assert out["within_tolerance"] is expected and out["published_fid"] == 3.1508
+    assert out["difference"] == pytest.approx(fid - 3.1508) and out["fid"] == fid
+    assert published_comparison(results, dataset="other") is None
+    assert published_comparison({"train_vs_test": results["train_pooled_vs_test"]}) is None
+
+
 def _no_installed_package(monkeypatch, root):
     monkeypatch.setattr(fidlib.importlib.util, "find_spec", lambda name: None)
     monkeypatch.delenv("CONVNORM_INCEPTION_WEIGHTS", raising=False)

@@ -285,7 +285,30 @@ def test_report_section_shows_fid_validation_records(tmp_path):
     text = "\n".join(report_section(str(tmp_path)))
     assert "| train[:N] vs train[N:2N] | 2000 + 2000 | 12.35 | 1.230 ± 0.200 |" in text
     assert "train[:N] vs test[:M]" in text and "published, not run here" in text
-    assert "| all training vs all test images (commonly reported; not run here) | 50000 + 10000 | about 3 |" in text
+    assert "| all training vs all test images (published; not run here) | 50000 + 10000 | 3.1508 |" in text
+    assert "Against the published figure" not in text
+
+
+def test_report_section_sets_the_full_comparison_beside_the_published_fid(tmp_path):
+    from convnorm.experiments.fid import published_comparison
+    from convnorm.experiments.records import write_json
+
+    def shown(pooled_fid):
+        folder = tmp_path / str(pooled_fid)
+        half = {"fid": 0.9, "kid": 0.0, "kid_std": 0.0, "n1": 25000, "n2": 25000}
+        results = {"self": {"fid": 1e-9, "n1": 25000, "n2": 25000}, "train_halves": half,
+                   "train_vs_test": dict(half, n2=10000),
+                   "train_pooled_vs_test": dict(half, fid=pooled_fid, n1=50000, n2=10000)}
+        write_json(str(folder / "fid-validation" / "v.json"),
+                   {"kind": "fid-validation", "config": {}, "results": results,
+                    "published": published_comparison(results)})
+        return "\n".join(report_section(str(folder)))
+
+    near = shown(3.16)
+    assert "| train[:2N] vs test[:M] | 50000 + 10000 | 3.1600 |" in near
+    assert "| all training vs all test images, published (TensorFlow Inception) | 50000 + 10000 | 3.1508 |" in near
+    assert "is 3.1600, +0.0092 from the published 3.1508, within the ±0.05" in near
+    assert "is 3.0900, -0.0608 from the published 3.1508, outside the ±0.05" in shown(3.09)
 
 
 def test_kid_cell_is_one_estimate_exactly_when_every_subset_is_both_whole_sets(tmp_path):
