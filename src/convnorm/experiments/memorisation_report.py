@@ -30,7 +30,8 @@ from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _condition
 from convnorm.experiments.stats import noise_sort_key as _condition_key
 
-__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "is_memorisation_folder", "run_summary", "memorisation_section"]
+__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "is_memorisation_folder", "run_summary", "memorisation_section",
+           "setting_text"]
 
 #: A run memorises when it ends fitting more than this fraction of its noisy training labels
 FIT_MEMORISED = 0.5
@@ -60,7 +61,8 @@ def _memorises(s: Dict[str, Optional[float]]) -> bool:
     return s["fit"] is not None and s["fit"] > FIT_MEMORISED and s["drop"] >= DROP_MEMORISED
 
 
-def _setting(cfg: Dict[str, Any]) -> str:
+def setting_text(cfg: Dict[str, Any]) -> str:
+    """One line describing a training config: data, model, schedule, regularisation."""
     widths = cfg.get("model_options", {}).get("widths")
     model = cfg["model"] + (f" (widths {'-'.join(map(str, widths))})" if widths else "")
     return (f"{cfg['dataset']} {cfg['train_fraction'] * 100:g}%, {model}, {cfg['epochs']} epochs, batch "
@@ -190,7 +192,7 @@ def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str,
         if r.get("status") != "complete":
             pending[where] += 1
             continue
-        groups[(where, _setting(r["config"]))].append(r)
+        groups[(where, setting_text(r["config"]))].append(r)
     lines: List[str] = []
     for where in sorted({w for w, _ in groups} | set(pending)):
         lines += [f"### {where}", ""]

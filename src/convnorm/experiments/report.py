@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from convnorm.experiments import gan_report, robust_report
 from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
+from convnorm.experiments.trained_spectra_report import trained_spectra_section
 from convnorm.experiments.figures import pyplot as _pyplot
 from convnorm.experiments.figures import save_figure as _savefig
 from convnorm.experiments.records import iter_records
@@ -360,7 +361,7 @@ def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> 
         lines += memorisation_section(memorisation_records, folder, fig_dir)
     lines += robust_report.report_section(folder)
     lines += gan_report.report_section(folder)
-    spectral = _spectral_section(folder)
+    spectral = _spectral_section(folder) + trained_spectra_section(folder, fig_dir)
     if spectral:
         lines += ["## Layer spectra", ""] + spectral
     path = os.path.join(folder, "README.md")

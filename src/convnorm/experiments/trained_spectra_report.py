@@ -1,0 +1,132 @@
+"""Trained layer spectra of the memorisation study beside the values of the paper's figure.
+
+The paper shows the per-layer spectral norms of a trained ResNet-18 on CIFAR-10: the
+convolutions of the vanilla (BatchNorm) network range over about 5 to 18.7, the ConvNorm
+layers over about 3.2 to 8.7 (:data:`PAPER_TRAINED_NORMS`, read off that figure). This
+module sets beside those ranges the norms measured (``convnorm spectral --checkpoint``) on the
+final checkpoints of this project's memorisation study, from the records alone:
+
+* a table per run: method, labels, the smallest, median and largest conv-layer norm, and the
+  classifier's;
+* a chart of every conv layer's norm, in forward order, one line per run, over shaded
+  bands for the paper's two ranges;
+* the training setting of each run, read from its own training record, and what the
+  measurement includes.
+
+Spectral records belong here when they lie in a folder named :data:`FOLDER` and their label
+reads ``<method>-<labels>-seed<k>`` (as ``bn-sym0.4-seed0``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+from typing import Any, Dict, List, Optional, Tuple
+
+from convnorm.experiments.figures import pyplot, save_figure
+from convnorm.experiments.memorisation_report import setting_text
+from convnorm.experiments.records import iter_records
+from convnorm.experiments.stats import method_key
+
+__all__ = ["FOLDER", "PAPER_TRAINED_NORMS", "parse_label", "trained_spectra_section"]
+
+#: Where the spectral records of the study's trained networks go.
+FOLDER = "memorisation-trained"
+
+#: Ranges of per-layer spectral norms read off the paper's figure of a trained ResNet-18 on
+#: CIFAR-10: (smallest, largest) over the conv layers, per kind of layer.
+PAPER_TRAINED_NORMS: Dict[str, Tuple[float, float]] = {"vanilla conv (BN network)": (5.0, 18.7),
+                                                       "ConvNorm": (3.2, 8.7)}
+# Which of the paper's ranges a method's conv layers compare with.
+_PAPER_KIND = {"bn": "vanilla conv (BN network)", "convnorm-paper": "ConvNorm", "convnorm+bn": "ConvNorm",
+               "convnorm": "ConvNorm"}
+_LABEL = re.compile(r"^(?P<method>.+)-(?P<labels>clean|(?:sym|asym)[0-9.]+)-seed(?P<seed>\d+)$")
+_COLOURS = {"vanilla conv (BN network)": "tab:blue", "ConvNorm": "tab:orange"}
+
+
+def parse_label(label: str) -> Optional[Dict[str, Any]]:
+    """``{"method", "labels", "seed"}`` of a label ``<method>-<labels>-seed<k>``, else None."""
+    m = _LABEL.match(label)
+    if m is None:
+        return None
+    return {"method": m["method"], "labels": m["labels"], "seed": int(m["seed"])}
+
+
+def _training_record(folder: str, checkpoint: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The training record of the run whose final checkpoint was measured (same name)."""
+    if not checkpoint:
+        return None
+    name = os.path.splitext(os.path.basename(checkpoint))[0] + ".json"
+    for path, record in iter_records(folder, kind="train"):
+        if os.path.basename(path) == name:
+            return record
+    return None
+
+
+def _runs(folder: str) -> List[Dict[str, Any]]:
+    runs = []
+    for path, record in iter_records(folder, kind="spectral"):
+        if os.path.basename(os.path.dirname(path)) != FOLDER:
+            continue
+        parsed = parse_label(record["config"]["label"])
+        if parsed is None:
+            continue
+        rows = record["report"]["rows"]
+        convs = [r for r in rows if r["type"] != "Linear"]
+        linear = [r["spectral_norm"] for r in rows if r["type"] == "Linear"]
+        runs.append(dict(parsed, label=record["config"]["label"], convs=convs, classifier=linear[-1] if linear else None,
+                         training=_training_record(folder, record["config"].get("checkpoint"))))
+    return sorted(runs, key=lambda r: (r["labels"] != "clean", r["labels"], method_key(r["method"]), r["seed"]))
+
+
+def _chart(runs: List[Dict[str, Any]], path: str) -> str:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for kind, (low, high) in PAPER_TRAINED_NORMS.items():
+        ax.axhspan(low, high, color=_COLOURS[kind], alpha=0.12, label=f"paper, {kind}: {low:g}–{high:g}")
+    styles = ["-", "--", ":", "-."]
+    conditions = sorted({r["labels"] for r in runs}, key=lambda c: (c != "clean", c))
+    for r in runs:
+        kind = _PAPER_KIND.get(r["method"])
+        ax.plot(range(len(r["convs"])), [c["spectral_norm"] for c in r["convs"]], marker=".",
+                linestyle=styles[conditions.index(r["labels"]) % len(styles)],
+                color=_COLOURS.get(kind, "tab:gray"), label=r["label"])
+    ax.set_xticks(range(max(len(r["convs"]) for r in runs)))
+    ax.set_xlabel("conv layer, in forward order (shortcut 1x1 convs included)")
+    ax.set_ylabel("spectral norm")
+    ax.set_title("Trained ResNet-18 (memorisation study) against the paper's figure")
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
+
+
+def trained_spectra_section(folder: str, fig_dir: str) -> List[str]:
+    """Markdown lines of the view (empty without such records); the chart goes to ``fig_dir``."""
+    runs = _runs(folder)
+    if not runs:
+        return []
+    lines = ["### Trained layer spectra beside the paper's figure", "",
+             "Spectral norm of every conv layer of the study's final networks (seed 0), measured with "
+             "`convnorm spectral --checkpoint`, beside the ranges read off the paper's figure of a trained "
+             "ResNet-18 on CIFAR-10.", "",
+             "| run | method | labels | conv layers | smallest | median | largest | classifier | paper's range |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        norms = [c["spectral_norm"] for c in r["convs"]]
+        kind = _PAPER_KIND.get(r["method"])
+        paper = f"{kind}: {PAPER_TRAINED_NORMS[kind][0]:g}–{PAPER_TRAINED_NORMS[kind][1]:g}" if kind else "—"
+        classifier = "—" if r["classifier"] is None else f"{r['classifier']:.2f}"
+        lines.append(f"| {r['label']} | {r['method']} | {r['labels']} | {len(norms)} | {min(norms):.2f} | "
+                     f"{statistics.median(norms):.2f} | {max(norms):.2f} | {classifier} | {paper} |")
+    png = _chart(runs, os.path.join(fig_dir, "memorisation-trained-spectra.png"))
+    lines += ["", f"![trained spectra beside the paper's ranges]({os.path.relpath(png, folder)})", ""]
+    settings = sorted({setting_text(r["training"]["config"]) for r in runs if r["training"] is not None})
+    lines += ["How the settings differ. The paper's figure: its ResNet-18 at full width (64–512 channels), "
+              "trained on the whole CIFAR-10 training set in its own schedule. Here: "
+              + ("; ".join(settings) if settings else "the training records of these checkpoints are not here")
+              + ". The norms are of each layer's linear map on a 32x32 input with the layer's own padding and "
+              "stride, by power iteration in eval mode. A ConvNorm layer is measured whole: the convolution, "
+              "its normalization by v̂ (convnorm-paper: the running v̂ it uses in eval), and its affine kernel; the BatchNorm after a layer is not "
+              "in any norm, for either method. The paper's own measurement (with or without the affine "
+              "kernel, at which input size) is not reproduced here, so the ranges compare the scale of the "
+              "numbers, not layer for layer.", ""]
+    return lines
