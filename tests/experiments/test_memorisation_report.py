@@ -14,7 +14,7 @@ from convnorm.experiments.memorisation_report import (
 )
 
 
-def record(method, rate, seed, test, fitted, final_full=None):
+def record(method, rate, seed, test, fitted, final_full=None, wall_time_s=900.0):
     cfg = dict(dataset="cifar10", model="resnet18", model_options={"widths": [16, 32, 64, 128]}, epochs=len(test),
                batch_size=32, lr=0.1, schedule="step", milestones=[20, 35], weight_decay=1e-4, augment=False,
                train_fraction=0.2, noise="symmetric" if rate else "none", noise_rate=rate, method=method, seed=seed)
@@ -22,7 +22,8 @@ def record(method, rate, seed, test, fitted, final_full=None):
               enumerate(zip(test, fitted))]
     return dict(kind="train", status="complete", config=cfg, epochs=epochs,
                 final_test_acc=test[-1] if final_full is None else final_full,
-                data=dict(test_size=10000, test_part_size=2000))
+                data=dict(test_size=10000, test_part_size=2000), wall_time_s=wall_time_s,
+                provenance=dict(device="test cpu (1 threads)"))
 
 
 @settings(max_examples=40, deadline=None)
@@ -69,3 +70,18 @@ def test_incomplete_runs_are_counted_not_shown(tmp_path, pending):
                                  str(tmp_path / "figures"))
     assert ("1 run(s) not complete are left out." in lines) == pending
     assert any(line.startswith("| bn | sym 40%") for line in lines) != pending
+
+
+@settings(max_examples=20, deadline=None)
+@given(hours=st.lists(st.tuples(st.sampled_from(["bn", "convnorm-paper", "sn"]), st.floats(0, 20)),
+                      min_size=1, max_size=6))
+def test_cost_is_the_sum_of_the_records_wall_times(tmp_path_factory, hours):
+    folder = tmp_path_factory.mktemp("results")
+    runs = [(str(folder / "memorisation-x" / f"r{i}.json"),
+             record(m, 0.4, i, [0.5, 0.4], [0.3, 0.6], wall_time_s=h * 3600)) for i, (m, h) in enumerate(hours)]
+    text = "\n".join(memorisation_section(runs, str(folder), str(folder / "figures")))
+    per = {m: sum(h for mm, h in hours if mm == m) for m, _ in hours}
+    assert f"these {len(hours)} complete runs took {sum(h for _, h in hours):.1f} process-hours in all" in text
+    for m, h in per.items():
+        assert f"{m} {h:.1f} h" in text
+    assert "on test cpu (1 threads)" in text

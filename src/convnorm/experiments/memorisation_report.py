@@ -179,6 +179,17 @@ def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:
     return save_figure(fig, path)
 
 
+def _cost(runs: List[Dict[str, Any]]) -> List[str]:
+    """Process-hours the complete runs took: the sum of their records' wall times."""
+    per_method: Dict[str, float] = defaultdict(float)
+    for r in runs:
+        per_method[r["config"]["method"]] += r["wall_time_s"] / 3600
+    devices = sorted({r.get("provenance", {}).get("device", "unknown device") for r in runs})
+    parts = ", ".join(f"{m} {per_method[m]:.1f} h" for m in sorted(per_method, key=_method_key))
+    return [f"Cost: these {len(runs)} complete runs took {sum(per_method.values()):.1f} process-hours in all, the "
+            f"sum of their records' wall times ({parts}; on {', '.join(devices)}).", ""]
+
+
 def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_dir: str) -> List[str]:
     """Markdown lines of the memorisation view of ``records`` (path, record) found under
     ``folder``, grouped by their ``memorisation-*`` folder and training setting; figures go
@@ -203,7 +214,7 @@ def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str,
                 continue
             part = runs[0]["data"].get("test_part_size", runs[0]["data"]["test_size"])
             lines += [f"Setting: {setting}.", ""]
-            lines += _summary_table(runs, part) + _difference_table(runs) + _reading(runs)
+            lines += _summary_table(runs, part) + _difference_table(runs) + _reading(runs) + _cost(runs)
             slug = where.replace(os.sep, "-") + "-" + hashlib.sha1(setting.encode()).hexdigest()[:6]
             png = _curves(runs, os.path.join(fig_dir, f"{slug}-curves.png"), f"{where}: {setting}")
             lines += [f"![memorisation curves]({os.path.relpath(png, folder)})", ""]
