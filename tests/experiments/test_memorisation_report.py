@@ -81,7 +81,8 @@ def test_cost_is_the_sum_of_the_records_wall_times(tmp_path_factory, hours):
              record(m, 0.4, i, [0.5, 0.4], [0.3, 0.6], wall_time_s=h * 3600)) for i, (m, h) in enumerate(hours)]
     text = "\n".join(memorisation_section(runs, str(folder), str(folder / "figures")))
     per = {m: sum(h for mm, h in hours if mm == m) for m, _ in hours}
-    assert f"these {len(hours)} complete runs took {sum(h for _, h in hours):.1f} process-hours in all" in text
+    which = "this complete run" if len(hours) == 1 else f"these {len(hours)} complete runs"
+    assert f"{which} took {sum(h for _, h in hours):.1f} process-hours in all" in text
     for m, h in per.items():
         assert f"{m} {h:.1f} h" in text
     assert "on test cpu (1 threads)" in text

@@ -186,7 +186,8 @@ def _cost(runs: List[Dict[str, Any]]) -> List[str]:
         per_method[r["config"]["method"]] += r["wall_time_s"] / 3600
     devices = sorted({r.get("provenance", {}).get("device", "unknown device") for r in runs})
     parts = ", ".join(f"{m} {per_method[m]:.1f} h" for m in sorted(per_method, key=_method_key))
-    return [f"Cost: these {len(runs)} complete runs took {sum(per_method.values()):.1f} process-hours in all, the "
+    which = "this complete run" if len(runs) == 1 else f"these {len(runs)} complete runs"
+    return [f"Cost: {which} took {sum(per_method.values()):.1f} process-hours in all, the "
             f"sum of their records' wall times ({parts}; on {', '.join(devices)}).", ""]
 
 
