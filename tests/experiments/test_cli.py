@@ -70,5 +70,24 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
         main(["train", "--preset", "test", "--method", "batchnorm", "--out", str(tmp_path)])
     assert "invalid choice: 'batchnorm'" in capsys.readouterr().err
     for extra in (["--samples", "10"], ["--test-samples", "10"]):
-        with pytest.raises(SystemExit, match="--full sets --samples and --test-samples"):
+        with pytest.raises(SystemExit) as exit_info:
             main(["fid-validate", "--full", *extra])
+        assert exit_info.value.code == 2 and "--full sets --samples and --test-samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,expected", [([], (2000, None)), (["--samples", "300"], (300, None)),
+                                           (["--samples", "300", "--test-samples", "0"], (300, 0)),
+                                           (["--full"], (25000, 10000))])
+def test_fid_validate_passes_its_sample_counts(monkeypatch, capsys, argv, expected):
+    from convnorm.experiments import fid
+
+    seen = {}
+
+    def fake(out_dir, *, samples, test_samples, **kwargs):
+        seen.update(samples=samples, test_samples=test_samples)
+        return {"results": {}}
+
+    monkeypatch.setattr(fid, "run_fid_validation", fake)
+    assert main(["fid-validate", *argv]) == 0
+    samples, test_samples = expected
+    assert seen == {"samples": samples, "test_samples": test_samples}

@@ -185,14 +185,14 @@ def test_published_comparison_only_for_every_cifar10_image(n1, n2, fid, expected
     from convnorm.experiments.fid import published_comparison
 
     results = {"train_pooled_vs_test": {"fid": fid, "kid": 0.0, "kid_std": 0.0, "n1": n1, "n2": n2}}
-    out = published_comparison(results)
+    out = published_comparison(results, dataset="cifar10")
     if expected is None:
         assert out is None
         return
     assert out["within_tolerance"] is expected and out["published_fid"] == 3.1508
     assert out["difference"] == pytest.approx(fid - 3.1508) and out["fid"] == fid
     assert published_comparison(results, dataset="other") is None
-    assert published_comparison({"train_vs_test": results["train_pooled_vs_test"]}) is None
+    assert published_comparison({"train_vs_test": results["train_pooled_vs_test"]}, dataset="cifar10") is None
 
 
 def _no_installed_package(monkeypatch, root):

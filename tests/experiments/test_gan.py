@@ -301,12 +301,13 @@ def test_report_section_sets_the_full_comparison_beside_the_published_fid(tmp_pa
                    "train_pooled_vs_test": dict(half, fid=pooled_fid, n1=50000, n2=10000)}
         write_json(str(folder / "fid-validation" / "v.json"),
                    {"kind": "fid-validation", "config": {}, "results": results,
-                    "published": published_comparison(results)})
+                    "published": published_comparison(results, dataset="cifar10")})
         return "\n".join(report_section(str(folder)))
 
     near = shown(3.16)
     assert "| train[:2N] vs test[:M] | 50000 + 10000 | 3.1600 |" in near
     assert "| all training vs all test images, published (TensorFlow Inception) | 50000 + 10000 | 3.1508 |" in near
+    assert "(`fid-validation/v.json`): this project's FID" in near
     assert "is 3.1600, +0.0092 from the published 3.1508, within the ±0.05" in near
     assert "is 3.0900, -0.0608 from the published 3.1508, outside the ±0.05" in shown(3.09)
 

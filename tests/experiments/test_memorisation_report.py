@@ -73,16 +73,22 @@ def test_incomplete_runs_are_counted_not_shown(tmp_path, pending):
 
 
 @settings(max_examples=20, deadline=None)
-@given(hours=st.lists(st.tuples(st.sampled_from(["bn", "convnorm-paper", "sn"]), st.floats(0, 20)),
-                      min_size=1, max_size=6))
-def test_cost_is_the_sum_of_the_records_wall_times(tmp_path_factory, hours):
+@given(hours=st.lists(st.tuples(st.sampled_from(["bn", "convnorm-paper", "sn"]), st.floats(0, 20),
+                                st.sampled_from([1, 2])), min_size=1, max_size=6))
+def test_cost_is_the_sum_of_the_records_process_time(tmp_path_factory, hours):
+    import re
+
     folder = tmp_path_factory.mktemp("results")
-    runs = [(str(folder / "memorisation-x" / f"r{i}.json"),
-             record(m, 0.4, i, [0.5, 0.4], [0.3, 0.6], wall_time_s=h * 3600)) for i, (m, h) in enumerate(hours)]
+    runs = []
+    for i, (m, h, world) in enumerate(hours):
+        rec = record(m, 0.4, i, [0.5, 0.4], [0.3, 0.6], wall_time_s=h * 3600)
+        rec["world_size"] = world
+        runs.append((str(folder / "memorisation-x" / f"r{i}.json"), rec))
     text = "\n".join(memorisation_section(runs, str(folder), str(folder / "figures")))
-    per = {m: sum(h for mm, h in hours if mm == m) for m, _ in hours}
-    which = "this complete run" if len(hours) == 1 else f"these {len(hours)} complete runs"
-    assert f"{which} took {sum(h for _, h in hours):.1f} process-hours in all" in text
-    for m, h in per.items():
-        assert f"{m} {h:.1f} h" in text
-    assert "on test cpu (1 threads)" in text
+    line = next(l for l in text.splitlines() if l.startswith("Cost:"))
+    total = float(re.search(r"took ([0-9.]+) process-hours", line)[1])
+    assert total == pytest.approx(sum(h * w for _, h, w in hours), abs=0.051)
+    for m in {m for m, _, _ in hours}:
+        shown = float(re.search(rf"\b{re.escape(m)} ([0-9.]+) h\b", line)[1])
+        assert shown == pytest.approx(sum(h * w for mm, h, w in hours if mm == m), abs=0.051)
+    assert ("this complete run took" in line) == (len(hours) == 1) and "on test cpu (1 threads)" in line

@@ -17,11 +17,13 @@ from convnorm.experiments.trained_spectra_report import (
 _NAME = "cifar10-resnet18-bn-clean-frac0.2-s0-abc"
 
 
-def _spectral(folder, label, conv_norms, classifier=2.5, checkpoint=_NAME + ".pt"):
-    rows = [dict(name=f"c{i}", type="ConvNorm2d" if "convnorm" in label else "Conv2d", spectral_norm=v)
+def _spectral(folder, label, conv_norms, classifier=2.5, checkpoint=_NAME + ".pt", converged=True):
+    rows = [dict(name=f"c{i}", type="ConvNorm2d" if "convnorm" in label else "Conv2d", spectral_norm=v,
+                 converged=converged, input_shape=[1, 16, 32 >> min(i, 3), 32 >> min(i, 3)])
             for i, v in enumerate(conv_norms)] + [dict(name="fc", type="Linear", spectral_norm=classifier)]
     write_json(os.path.join(folder, f"{label}.json"),
-               {"kind": "spectral", "config": {"label": label, "checkpoint": checkpoint}, "report": {"rows": rows}})
+               {"kind": "spectral", "config": {"label": label, "checkpoint": checkpoint, "input_shape": [1, 3, 32, 32]},
+                "report": {"rows": rows}})
 
 
 def _training(folder):
@@ -59,10 +61,25 @@ def test_table_is_each_runs_smallest_median_and_largest_conv_norm(tmp_path_facto
     low, high = PAPER_TRAINED_NORMS["ConvNorm"]
     assert (f"| convnorm-paper-sym0.4-seed0 | convnorm-paper | sym0.4 | {len(cn)} | {min(cn):.2f} | "
             f"{statistics.median(cn):.2f} | {max(cn):.2f} | 2.50 | ConvNorm: {low:g}–{high:g} |") in text
-    assert "seed1" not in text
+    assert "seed1" not in text and "(seed 0)" in text and "*" not in text.split("|", 1)[1].split("![")[0]
     assert text.index("bn-clean-seed0") < text.index("convnorm-paper-sym0.4-seed0")  # clean labels first
     assert "cifar10 20%, resnet18 (widths 16-32-64-128), 50 epochs, batch 32" in text
     assert (root / "figures" / "memorisation-trained-spectra.png").stat().st_size > 0
+
+
+def test_input_sizes_unconverged_norms_and_what_cannot_be_shown(tmp_path):
+    folder = tmp_path / "spectral" / FOLDER
+    _spectral(str(folder), "bn-sym0.4-seed2", [4.0, 6.0, 5.0], converged=False, checkpoint="other-run.pt")
+    _spectral(str(folder), "bn-clean-seed2", [1.0], checkpoint=_NAME + ".best.pt")
+    write_json(str(folder / "convnorm-paper-clean-seed2.json"),
+               {"kind": "spectral", "config": {"label": "convnorm-paper-clean-seed2", "checkpoint": "x.pt"},
+                "report": {"rows": [dict(name="fc", type="Linear", spectral_norm=1.0)]}})
+    text = "\n".join(trained_spectra_section(str(tmp_path), str(tmp_path / "figures")))
+    assert "| bn-sym0.4-seed2 | bn | sym0.4 | 3 | 4.00* | 5.00 | 6.00* |" in text
+    assert "bn-clean-seed2 (not measured on a run's final checkpoint)" in text
+    assert "convnorm-paper-clean-seed2 (no conv layers)" in text
+    assert "(seed 2)" in text and "no training record of these checkpoints is here" in text
+    assert "a forward pass of a 1x3x32x32 input (the layers see 32x32 down to 8x8)" in text
 
 
 def test_no_records_no_section(tmp_path):

@@ -180,15 +180,17 @@ def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:
 
 
 def _cost(runs: List[Dict[str, Any]]) -> List[str]:
-    """Process-hours the complete runs took: the sum of their records' wall times."""
+    """Process-hours of training of the complete runs: each record's ``wall_time_s`` (seconds,
+    the sum of its epochs' times) times its ``world_size`` (processes), in hours."""
     per_method: Dict[str, float] = defaultdict(float)
     for r in runs:
-        per_method[r["config"]["method"]] += r["wall_time_s"] / 3600
+        per_method[r["config"]["method"]] += r["wall_time_s"] * r.get("world_size", 1) / 3600
     devices = sorted({r.get("provenance", {}).get("device", "unknown device") for r in runs})
     parts = ", ".join(f"{m} {per_method[m]:.1f} h" for m in sorted(per_method, key=_method_key))
     which = "this complete run" if len(runs) == 1 else f"these {len(runs)} complete runs"
-    return [f"Cost: {which} took {sum(per_method.values()):.1f} process-hours in all, the "
-            f"sum of their records' wall times ({parts}; on {', '.join(devices)}).", ""]
+    return [f"Cost: {which} took {sum(per_method.values()):.1f} process-hours of training in all: the sum over "
+            f"records of their epochs' wall time times their process count ({parts}; on {', '.join(devices)}).",
+            ""]
 
 
 def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_dir: str) -> List[str]:

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from convnorm.experiments import gan_report, robust_report
 from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
+from convnorm.experiments.trained_spectra_report import FOLDER as TRAINED_SPECTRA_FOLDER
 from convnorm.experiments.trained_spectra_report import trained_spectra_section
 from convnorm.experiments.figures import pyplot as _pyplot
 from convnorm.experiments.figures import save_figure as _savefig
@@ -320,7 +321,8 @@ def _spectral_section(folder: str) -> List[str]:
     lines: List[str] = []
     by_dir: Dict[str, List[str]] = defaultdict(list)
     for path, _ in iter_records(folder, kind="spectral"):
-        by_dir[os.path.dirname(path)].append(path)
+        if os.path.basename(os.path.dirname(path)) != TRAINED_SPECTRA_FOLDER:  # that folder has its own view
+            by_dir[os.path.dirname(path)].append(path)
     for d in sorted(by_dir):
         paths = by_dir[d]
         out = chart_spectral_reports(paths, d, name="comparison", title=f"Per-layer spectral norms: {os.path.basename(d)}")
