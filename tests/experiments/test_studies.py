@@ -148,3 +148,50 @@ def test_study_command_does_not_count_skipped_runs_that_finished_elsewhere(tmp_p
     text = capsys.readouterr().out
     assert "training in another process, skipped" in text
     assert "all 2 runs complete" in text and "rerun this command" not in text
+
+
+def test_memorisation_study_measures_seed_0_of_every_method_clean_and_at_40_percent():
+    select, folder, input_shape = studies.STUDY_SPECTRA["memorisation-cifar10"]
+    labels = sorted(studies.trained_spectra_label(c) for c in study_configs("memorisation-cifar10") if select(c))
+    assert labels == sorted(f"{m}-{n}-seed0" for m in studies.MEMORISATION_METHODS for n in ("clean", "sym0.4"))
+    assert folder == "spectral/memorisation-trained" and input_shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("noise,rate,expected", [("none", 0.0, "clean"), ("symmetric", 0.4, "sym0.4"),
+                                                 ("symmetric", 0.8, "sym0.8"), ("asymmetric", 0.3, "asym0.3")])
+def test_trained_spectra_label_reads_back(noise, rate, expected):
+    from convnorm.experiments.trained_spectra_report import parse_label
+
+    config = preset("test", method="convnorm-paper", noise=noise, noise_rate=rate, seed=3)
+    label = studies.trained_spectra_label(config)
+    assert label == f"convnorm-paper-{expected}-seed3"
+    assert parse_label(label) == {"method": "convnorm-paper", "labels": expected, "seed": 3}
+
+
+def test_study_command_takes_the_trained_spectra_of_finished_runs_once(tmp_path, monkeypatch, capsys):
+    from convnorm.experiments.records import read_json
+    from convnorm.experiments.spectral_study import load_model
+    from convnorm.spectral import network_report
+
+    tiny = [preset("test", method="bn", epochs=1, seed=seed) for seed in (0, 1)]
+    monkeypatch.setitem(STUDIES, "tiny", lambda: list(tiny))
+    monkeypatch.setitem(studies.STUDY_SPECTRA, "tiny", (lambda c: c.seed == 0, "spectral/tiny-trained", (1, 3, 32, 32)))
+    out, ckpt = tmp_path / "results" / "tiny", tmp_path / "ckpt"
+    args = ["study", "tiny", "--out", str(out), "--checkpoints", str(ckpt)]
+    assert main(args) == 0
+    spectra = tmp_path / "results" / "spectral" / "tiny-trained"
+    assert sorted(p.name for p in spectra.glob("*.json")) == ["bn-clean-seed0.json"]
+    record = read_json(str(spectra / "bn-clean-seed0.json"))
+    assert record["config"]["checkpoint"] == config_name(tiny[0]) + ".pt" and not record["config"]["isometry"]
+    direct = network_report(load_model(str(ckpt / (config_name(tiny[0]) + ".pt"))), record["config"]["input_shape"],
+                            isometry=False, tol=1e-4, max_iter=200)
+    assert [r["spectral_norm"] for r in record["report"]["rows"]] == pytest.approx(
+        [r["spectral_norm"] for r in direct.rows], rel=1e-4)
+    stamp = (spectra / "bn-clean-seed0.json").stat().st_mtime_ns
+    assert main(args) == 0  # all complete: nothing trained, nothing measured again
+    assert (spectra / "bn-clean-seed0.json").stat().st_mtime_ns == stamp
+    (spectra / "bn-clean-seed0.json").unlink()
+    (ckpt / (config_name(tiny[0]) + ".pt")).unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "cannot be taken" in capsys.readouterr().out and not (spectra / "bn-clean-seed0.json").exists()

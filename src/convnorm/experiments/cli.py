@@ -153,7 +153,8 @@ def _add_study(sub) -> None:
         import time
 
         from convnorm.experiments.records import read_json
-        from convnorm.experiments.studies import claim_run, config_name, run_config, run_is_claimed, study_configs
+        from convnorm.experiments.studies import (claim_run, config_name, run_config, run_is_claimed, study_configs,
+                                                  take_trained_spectra)
 
         out = args.out or os.path.join("results", args.name)
         ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
@@ -179,6 +180,7 @@ def _add_study(sub) -> None:
                     if mine:
                         print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
                         run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
+                        take_trained_spectra(args.name, c, out_dir=out, checkpoint_dir=ckpt)
                         break
                 if attempt == 0:
                     time.sleep(1.0)

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from convnorm.experiments.gan import BASELINE_NORMS, GANConfig, gan_config_from_args, train_gan
 from convnorm.experiments.gan import run_name as gan_run_name
+from convnorm.experiments.records import read_json
 from convnorm.experiments.robust import AdvConfig, adv_preset, adv_run_name, train_free_at
 from convnorm.experiments.train import TrainConfig, preset, run_name, train
 
-__all__ = ["STUDIES", "study_configs", "run_config", "config_name", "claim_run", "run_is_claimed"]
+__all__ = ["STUDIES", "STUDY_SPECTRA", "study_configs", "run_config", "config_name", "claim_run", "run_is_claimed",
+           "trained_spectra_label", "take_trained_spectra"]
 
 StudyConfig = Union[TrainConfig, AdvConfig, GANConfig]
 
@@ -63,14 +65,19 @@ MEMORISATION_METHODS = ("bn", "convnorm+bn", "convnorm-paper", "sn")
 def _memorisation_cifar10() -> List[TrainConfig]:
     # Long training in which BN memorises noisy labels (docs/experiments.md, "The memorisation
     # study"): clean, 40% and 80% symmetric noise, three seeds, seed-major. Seed 0 starts with
-    # the four runs (bn and convnorm-paper, clean and 40%) whose final checkpoints are measured
-    # with `convnorm spectral --checkpoint`, so their spectra can be taken before the study ends
-    # (checkpoints are not kept with the records).
+    # the four runs (bn and convnorm-paper, clean and 40%) the trained-spectra chart needs
+    # first; STUDY_SPECTRA measures them as they finish.
     settings = [dict(noise="none"), dict(noise="symmetric", noise_rate=0.4), dict(noise="symmetric", noise_rate=0.8)]
     configs = [preset("cpu-memorisation", method=m, seed=seed, **setting)
                for seed in (0, 1, 2) for setting in settings for m in MEMORISATION_METHODS]
     first = [c for c in configs if c.seed == 0 and c.method in ("bn", "convnorm-paper") and c.noise_rate in (0.0, 0.4)]
     return first + [c for c in configs if c not in first]
+
+
+def _memorisation_spectra(config: StudyConfig) -> bool:
+    # Seed 0 of every method at clean labels and 40% noise: the runs charted beside the
+    # paper's figure of trained spectra (trained_spectra_report).
+    return isinstance(config, TrainConfig) and config.seed == 0 and config.noise_rate in (0.0, 0.4)
 
 
 def _free_at_cifar10() -> List[AdvConfig]:
@@ -98,6 +105,57 @@ STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "free-at-cifar10": _free_at_cifar10,
     "gan-cifar10-resnet": _gan_cifar10_resnet,
 }
+
+
+#: Studies whose final networks are measured by ``convnorm spectral --checkpoint`` as soon as
+#: they finish, by the process that trained them (checkpoints are not kept with the records):
+#: study -> (which configs, the folder under the records' parent folder, the network's input
+#: shape ``(1, C, H, W)``).
+STUDY_SPECTRA: Dict[str, Tuple[Callable[[StudyConfig], bool], str, Tuple[int, ...]]] = {
+    "memorisation-cifar10": (_memorisation_spectra, os.path.join("spectral", "memorisation-trained"), (1, 3, 32, 32)),
+}
+
+
+def trained_spectra_label(config: TrainConfig) -> str:
+    """The spectral record's label of a run: ``<method>-<labels>-seed<k>``, labels ``clean``
+    or ``sym0.4``-style (noise kind's first three or four letters and the rate)."""
+    labels = "clean" if config.noise == "none" or config.noise_rate == 0 else \
+        f"{'sym' if config.noise == 'symmetric' else 'asym'}{config.noise_rate:g}"
+    return f"{config.method}-{labels}-seed{config.seed}"
+
+
+def take_trained_spectra(study: str, config: StudyConfig, *, out_dir: str, checkpoint_dir: str,
+                         log: Optional[Callable[[str], None]] = print) -> Optional[str]:
+    """Measure the final checkpoint of a finished run of ``study`` if the study asks for it.
+
+    Writes ``<parent of out_dir>/<STUDY_SPECTRA folder>/<label>.json`` (and its table and
+    chart) with :func:`convnorm.experiments.spectral_study.run_spectral_report`, without the
+    isometry gaps. Does nothing when the study measures no spectra, the config is not one it
+    measures, the run has no complete record, the record already exists, or the checkpoint
+    is not on this machine (said in the log). Returns the record's path when one was written.
+    """
+    if study not in STUDY_SPECTRA or not STUDY_SPECTRA[study][0](config):
+        return None
+    name = config_name(config)
+    record_path = os.path.join(out_dir, name + ".json")
+    if not os.path.exists(record_path) or read_json(record_path).get("status") != "complete":
+        return None
+    label = trained_spectra_label(config)
+    spectra_dir = os.path.join(os.path.dirname(os.path.normpath(out_dir)), STUDY_SPECTRA[study][1])
+    if os.path.exists(os.path.join(spectra_dir, label + ".json")):
+        return None
+    checkpoint = os.path.join(checkpoint_dir, name + ".pt")
+    if not os.path.exists(checkpoint):
+        if log:
+            log(f"{name}: no final checkpoint {checkpoint} here, so its trained spectra ({label}) cannot be taken")
+        return None
+    from convnorm.experiments.spectral_study import run_spectral_report
+
+    path = run_spectral_report(spectra_dir, checkpoint=checkpoint, label=label, isometry=False,
+                               input_shape=STUDY_SPECTRA[study][2])
+    if log:
+        log(f"{name}: trained spectra in {path}")
+    return path
 
 
 # Per config type: its run name and its (resumable) trainer.
