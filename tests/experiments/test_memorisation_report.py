@@ -51,6 +51,10 @@ def test_section_tables_differences_and_reading(tmp_path):
     # paired by seed: final +7 points, drop -8 points on both seeds
     assert "| convnorm-paper | sym 40% | +7.00 ± 0.00 | -8.00 ± 0.00 | 1.41 | 0.00 | 2 |" in text
     assert "- sym 40%: runs that memorise: bn 2/2 (mean drop 10.00 points); convnorm-paper 0/2" in text
+    assert "nothing to memorise" not in text
+    clean_only = [(p, r) for p, r in paths if r["config"]["noise_rate"] == 0]
+    assert "No run with noisy labels is complete yet" in "\n".join(
+        memorisation_section(clean_only, str(folder), str(folder / "figures")))
     assert os.path.exists(folder / "figures" / next(p for p in os.listdir(folder / "figures")))
 
 

@@ -144,6 +144,8 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
                 drop = mean_std([s["drop"] for s in ss])[0] * 100
                 parts.append(f"{m} {mem}/{len(ss)} (mean drop {drop:.2f} points)")
         out.append(f"- {cond}: runs that memorise: " + "; ".join(parts) + ".")
+    if not conditions:
+        out.append("No run with noisy labels is complete yet, so there is nothing to memorise.")
     return out + [""]
 
 
