@@ -338,9 +338,10 @@ def _add_gan(sub) -> None:
                        description="FID of a set against itself, between two disjoint training subsets, and "
                                    "train versus test, with KID; writes a record. --full uses every image: all "
                                    "50,000 training images against all 10,000 test images, the comparison with "
-                                   f"a published FID ({PUBLISHED_TRAIN_VS_TEST_FID}). Inception costs about 0.1 s per image on one CPU "
-                                   "core (so --full takes about 1.7 hours there); it resumes from its feature "
-                                   "cache, 1000 images at a time.")
+                                   f"a published FID ({PUBLISHED_TRAIN_VS_TEST_FID}). Inception costs about "
+                                   "0.11 s per image on one CPU core (measured: --full took 1.9 hours on one "
+                                   "core of a 2-core machine, the other core busy; the record keeps its own "
+                                   "time); it resumes from its feature cache, 1000 images at a time.")
     p.add_argument("--samples", type=int, help="images per set (default 2000)")
     p.add_argument("--test-samples", type=int, help="test images (default: --samples)")
     p.add_argument("--full", action="store_true",
