@@ -13,16 +13,16 @@ from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from convnorm.experiments import gan_report, robust_report
-from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
-from convnorm.experiments.trained_spectra_report import FOLDER as TRAINED_SPECTRA_FOLDER
-from convnorm.experiments.trained_spectra_report import trained_spectra_section
 from convnorm.experiments.figures import pyplot as _pyplot
 from convnorm.experiments.figures import save_figure as _savefig
+from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import format_mean_std, mean_std
 from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _noise_label
 from convnorm.experiments.stats import noise_sort_key as _noise_sort
+from convnorm.experiments.trained_spectra_report import FOLDER as TRAINED_SPECTRA_FOLDER
+from convnorm.experiments.trained_spectra_report import trained_spectra_section
 
 # mean_std and format_mean_std moved to stats.py; they stay importable from here.
 __all__ = ["build_report", "mean_std", "format_mean_std", "memorisation_onset"]

@@ -28,7 +28,7 @@ from convnorm.experiments.memorisation_report import setting_text
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import method_key
 
-__all__ = ["FOLDER", "PAPER_TRAINED_NORMS", "parse_label", "trained_spectra_section"]
+__all__ = ["FOLDER", "PAPER_TRAINED_NORMS", "format_label", "parse_label", "trained_spectra_section"]
 
 #: Where the spectral records of the study's trained networks go.
 FOLDER = "memorisation-trained"
@@ -42,6 +42,14 @@ _PAPER_KIND = {"bn": "vanilla conv (BN network)", "convnorm-paper": "ConvNorm", 
                "convnorm": "ConvNorm"}
 _LABEL = re.compile(r"^(?P<method>.+)-(?P<labels>clean|(?:sym|asym)[0-9.]+)-seed(?P<seed>\d+)$")
 _COLOURS = {"vanilla conv (BN network)": "tab:blue", "ConvNorm": "tab:orange"}
+
+
+def format_label(method: str, noise: str, noise_rate: float, seed: int) -> str:
+    """The label of a run's spectral record, ``<method>-<labels>-seed<k>``: labels ``clean``,
+    or ``sym``/``asym`` and the rate (``sym0.4``); :func:`parse_label` reads it back."""
+    labels = "clean" if noise == "none" or noise_rate == 0 else \
+        f"{'sym' if noise == 'symmetric' else 'asym'}{noise_rate:g}"
+    return f"{method}-{labels}-seed{seed}"
 
 
 def parse_label(label: str) -> Optional[Dict[str, Any]]:
