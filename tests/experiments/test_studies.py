@@ -67,7 +67,15 @@ def test_memorisation_study_is_the_listed_grid():
         for noise, rate in (("none", 0.0), ("symmetric", 0.4), ("symmetric", 0.8)))
     assert {(c.dataset, c.model, c.epochs, c.batch_size, c.lr, c.schedule) for c in configs} == {
         ("cifar10", "resnet18", 50, 32, 0.1, "step")}
-    assert {c.seed for c in configs[:12]} == {0}  # seed-major
+    order = [(c.method, c.noise_rate, c.seed) for c in configs]
+    headline = ("bn", "convnorm-paper")
+    # The runs the claim rests on come first: seed 0 of bn and convnorm-paper at clean and 40%
+    # noise, then those two at 40% noise on seeds 1 and 2, then every other 40% run.
+    assert order[:4] == [(m, rate, 0) for rate in (0.0, 0.4) for m in headline]
+    assert order[4:8] == [(m, 0.4, seed) for seed in (1, 2) for m in headline]
+    assert {rate for _, rate, _ in order[8:14]} == {0.4} and {rate for _, rate, _ in order[14:]} == {0.0, 0.8}
+    rest = order[14:]
+    assert rest == sorted(rest, key=lambda run: run[2])  # seed-major after that
 
 
 def test_free_at_study_is_the_listed_grid():
