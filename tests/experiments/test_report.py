@@ -1,5 +1,6 @@
 """`convnorm report`: tables from records, byte-identical on regeneration."""
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -158,3 +159,29 @@ def test_committed_report_is_what_its_records_generate(tmp_path):
     assert regenerated.read_bytes() == (RESULTS / "README.md").read_bytes(), \
         "results/README.md is stale: run `convnorm report results` and commit the result"
     assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(p.name for p in (RESULTS / "figures").iterdir())
+
+
+def _decimal_figures(text):
+    return re.findall(r"(?<![\w.])\d+\.\d+(?!\d)", text)
+
+
+def _shows(figure, text):
+    return re.search(rf"(?<![\w.]){re.escape(figure)}(?!\d)", text) is not None
+
+
+def test_written_reading_quotes_only_figures_the_tables_show():
+    # The reading in PREAMBLE.md is prose written from the generated tables; every decimal
+    # figure it quotes must appear, as written, in the generated part of the report, so a
+    # figure typed by hand, or left behind when the records changed, fails here.
+    reading = (RESULTS / "PREAMBLE.md").read_text().strip()
+    report_text = (RESULTS / "README.md").read_text()
+    assert reading in report_text
+    generated = report_text.replace(reading, "")
+    missing = [figure for figure in _decimal_figures(reading) if not _shows(figure, generated)]
+    assert not missing, f"results/PREAMBLE.md quotes figures no generated table shows: {missing}"
+
+
+def test_figure_check_tells_a_rounded_figure_from_the_table_value():
+    assert _decimal_figures("3.7 to 15.26, 0.79%, (1.5)") == ["3.7", "15.26", "0.79", "1.5"]
+    assert not _shows("3.7", "conv norms 3.70 to 15.26") and not _shows("5.2", "15.26")
+    assert _shows("3.70", "conv norms 3.70 to 15.26") and _shows("15.26", "(3.70–15.26)")
