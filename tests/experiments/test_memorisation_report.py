@@ -52,6 +52,12 @@ def test_section_tables_differences_and_reading(tmp_path):
     assert "| convnorm-paper | sym 40% | +7.00 ± 0.00 | -8.00 ± 0.00 | 1.41 | 0.00 | 2 |" in text
     assert "- sym 40%: runs that memorise: bn 2/2 (mean drop 10.00 points); convnorm-paper 0/2" in text
     assert "nothing to memorise" not in text
+    # Against BN: +7 final and -8 drop, both beyond twice the larger seed std (1.41 and the floor).
+    assert "- sym 40%: convnorm-paper: final (all test) higher (+7.00), drop lower (-8.00)." in text
+    assert ("these records side with it for convnorm-paper final (all test) at sym 40%, convnorm-paper drop at "
+            "sym 40% and against it for no comparison.") in text
+    assert "- clean:" not in text  # no other method ran on clean labels
+    assert "nothing to memorise" not in text
     clean_only = [(p, r) for p, r in paths if r["config"]["noise_rate"] == 0]
     assert "No run with noisy labels is complete yet" in "\n".join(
         memorisation_section(clean_only, str(folder), str(folder / "figures")))
@@ -96,3 +102,33 @@ def test_cost_is_the_sum_of_the_records_process_time(tmp_path_factory, hours):
         shown = float(re.search(rf"\b{re.escape(m)} ([0-9.]+) h\b", line)[1])
         assert shown == pytest.approx(sum(h * w for mm, h, w in hours if mm == m), abs=0.051)
     assert ("this complete run took" in line) == (len(hours) == 1) and "on test cpu (1 threads)" in line
+
+
+def test_claim_is_tallied_for_convnorm_methods_under_noise_only(tmp_path):
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.01)):
+        runs.append(record("bn", 0.4, seed, [0.45 + shift, 0.40 + shift], [0.3, 0.9]))
+        # convnorm+bn ends lower than BN and falls more: against the claim, on both measures.
+        runs.append(record("convnorm+bn", 0.4, seed, [0.45 + shift, 0.30 + shift], [0.3, 0.9]))
+        # sn ends higher, but SN is not what the claim is about.
+        runs.append(record("sn", 0.4, seed, [0.55 + shift, 0.50 + shift], [0.3, 0.9]))
+        # On clean labels convnorm-paper leads BN: a control, not counted for the claim.
+        runs.append(record("bn", 0.0, seed, [0.60 + shift, 0.60 + shift], [0, 0]))
+        runs.append(record("convnorm-paper", 0.0, seed, [0.70 + shift, 0.70 + shift], [0, 0]))
+    runs.append(record("convnorm-paper", 0.4, 0, [0.45, 0.44], [0.3, 0.9]))  # one seed: not judged
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    assert "- clean: convnorm-paper: final (all test) higher (+10.00), drop within spread (+0.00)." in text
+    assert ("- sym 40%: convnorm+bn: final (all test) lower (-10.00), drop higher (+10.00); convnorm-paper: "
+            "final (all test) one seed (+3.50), drop one seed (-4.00); sn: final (all test) higher (+10.00)") in text
+    assert ("side with it for no comparison and against it for convnorm+bn final (all test) at sym 40%, "
+            "convnorm+bn drop at sym 40%; 2 comparison(s) are within the spread or have one seed.") in text
+
+
+def test_no_claim_reading_without_a_method_beside_bn(tmp_path):
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{s}.json"), record("bn", 0.4, s, [0.4, 0.3], [0.2, 0.9]))
+             for s in (0, 1)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    assert "Against BN" not in text and "paper claims" not in text

@@ -17,7 +17,7 @@ from convnorm.experiments.figures import pyplot as _pyplot
 from convnorm.experiments.figures import save_figure as _savefig
 from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
 from convnorm.experiments.records import iter_records
-from convnorm.experiments.stats import format_mean_std, mean_std
+from convnorm.experiments.stats import SPREAD_FACTOR, SPREAD_FLOOR, format_mean_std, judge_difference, mean_std
 from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _noise_label
 from convnorm.experiments.stats import noise_sort_key as _noise_sort
@@ -132,34 +132,15 @@ def _difference_table(runs: List[Dict[str, Any]]) -> List[str]:
     return out
 
 
-#: A difference to BN is flagged when it exceeds this many of the larger seed standard deviation...
-SPREAD_FACTOR = 2.0
-#: ...and that standard deviation is taken as at least this (accuracy, so 0.1 percentage points).
-SPREAD_FLOOR = 0.001
-
-
 def _verdicts(runs: List[Dict[str, Any]], method: str) -> List[Tuple[str, str, float]]:
-    """(condition, verdict, difference in points) of ``method`` against BN, per condition both ran.
-
-    Verdicts: "higher"/"lower" when the mean final test accuracies differ by more than
-    :data:`SPREAD_FACTOR` times the larger seed std (at least :data:`SPREAD_FLOOR`),
-    "within spread" otherwise, "one seed" when either side has a single seed. With two or
-    three seeds a side this is a screen, not a significance test.
-    """
+    """(condition, verdict, difference in points) of ``method``'s final test accuracy against
+    BN's, per condition both ran, by :func:`~convnorm.experiments.stats.judge_difference`."""
     out = []
     for cond in _conditions(runs):
         base, acc = _final_accuracies(runs, "bn", cond), _final_accuracies(runs, method, cond)
-        if not base or not acc:
-            continue
-        (mb, sb), (mm, sm) = mean_std(base), mean_std(acc)
-        diff = mm - mb
-        if len(base) < 2 or len(acc) < 2:
-            verdict = "one seed"
-        elif abs(diff) > SPREAD_FACTOR * max(sb, sm, SPREAD_FLOOR):
-            verdict = "higher" if diff > 0 else "lower"
-        else:
-            verdict = "within spread"
-        out.append((cond, verdict, diff * 100))
+        if base and acc:
+            verdict, diff = judge_difference(base, acc)
+            out.append((cond, verdict, diff * 100))
     return out
 
 

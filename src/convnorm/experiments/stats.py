@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Sequence, Tuple
 
-__all__ = ["METHOD_ORDER", "format_mean_std", "mean_std", "method_key", "noise_label", "noise_sort_key"]
+__all__ = ["METHOD_ORDER", "SPREAD_FACTOR", "SPREAD_FLOOR", "format_mean_std", "judge_difference", "mean_std",
+           "method_key", "noise_label", "noise_sort_key"]
 
 #: The order methods appear in every table: baselines, then the ConvNorm variants, then the others.
 METHOD_ORDER = ("plain", "bn", "convnorm", "convnorm+bn", "convnorm-paper", "sn", "oni", "ocnn")
@@ -22,6 +23,31 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
     return mean, std
+
+
+#: Two methods' means differ when they are further apart than this many times the larger of
+#: their seed standard deviations...
+SPREAD_FACTOR = 2.0
+#: ...that standard deviation taken as at least this (a fraction: 0.1 percentage points).
+SPREAD_FLOOR = 0.001
+
+
+def judge_difference(base: Sequence[float], other: Sequence[float]) -> Tuple[str, float]:
+    """Whether ``other`` reads above or below ``base`` (values over seeds), and by how much.
+
+    Returns ``(verdict, mean(other) - mean(base))`` with verdict ``"higher"`` or ``"lower"``
+    when the means differ by more than :data:`SPREAD_FACTOR` times the larger sample std of
+    the two sides (at least :data:`SPREAD_FLOOR`), ``"within spread"`` otherwise, and
+    ``"one seed"`` when either side has a single value (no spread to judge against). With two
+    or three seeds a side this is a screen, not a significance test.
+    """
+    (mb, sb), (mo, so) = mean_std(base), mean_std(other)
+    diff = mo - mb
+    if len(base) < 2 or len(other) < 2:
+        return "one seed", diff
+    if abs(diff) > SPREAD_FACTOR * max(sb, so, SPREAD_FLOOR):
+        return ("higher" if diff > 0 else "lower"), diff
+    return "within spread", diff
 
 
 def format_mean_std(values: Sequence[float], scale: float = 100.0) -> str:

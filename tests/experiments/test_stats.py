@@ -1,0 +1,39 @@
+"""The seed-spread rule every report view judges differences by."""
+import statistics
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convnorm.experiments.stats import SPREAD_FACTOR, SPREAD_FLOOR, judge_difference
+
+accuracies = st.lists(st.floats(0, 1), min_size=1, max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(base=accuracies, other=accuracies)
+def test_judge_difference_is_the_mean_gap_against_the_larger_spread(base, other):
+    verdict, diff = judge_difference(base, other)
+    assert abs(diff - (statistics.fmean(other) - statistics.fmean(base))) < 1e-12
+    if len(base) < 2 or len(other) < 2:
+        assert verdict == "one seed"
+        return
+    bound = SPREAD_FACTOR * max(statistics.stdev(base), statistics.stdev(other), SPREAD_FLOOR)
+    if abs(diff) > bound + 1e-12:
+        assert verdict == ("higher" if diff > 0 else "lower")
+    elif abs(diff) < bound - 1e-12:
+        assert verdict == "within spread"
+    # Swapping the sides mirrors the verdict.
+    mirrored = {"higher": "lower", "lower": "higher", "within spread": "within spread"}
+    if abs(abs(diff) - bound) > 1e-12:
+        assert judge_difference(other, base)[0] == mirrored[verdict]
+
+
+def test_judge_difference_at_hand_picked_gaps():
+    # Seed stds 0.01 (both sides): the gap must exceed 0.02.
+    assert judge_difference([0.50, 0.52], [0.54, 0.56])[0] == "higher"
+    assert judge_difference([0.50, 0.52], [0.52, 0.54])[0] == "within spread"
+    assert judge_difference([0.50, 0.52], [0.46, 0.48])[0] == "lower"
+    # Identical seeds: the floor, not a zero spread, sets the bound.
+    assert judge_difference([0.5, 0.5], [0.5005, 0.5005])[0] == "within spread"
+    assert judge_difference([0.5, 0.5], [0.503, 0.503])[0] == "higher"
+    assert judge_difference([0.5], [0.9, 0.9])[0] == "one seed"
