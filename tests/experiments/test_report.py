@@ -161,12 +161,19 @@ def test_committed_report_is_what_its_records_generate(tmp_path):
     assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(p.name for p in (RESULTS / "figures").iterdir())
 
 
+# A decimal figure, whole when grouped by commas, with its sign when one stands before it
+# (after a space or a bracket, so the dash of a range such as 5-18.7 is not a sign).
+_FIGURE = r"(?:(?<![^\s(])[-+])?(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)\.\d+(?!\d)"
+
+
 def _decimal_figures(text):
-    return re.findall(r"(?<![\w.])\d+\.\d+(?!\d)", text)
+    return re.findall(_FIGURE, text)
 
 
 def _shows(figure, text):
-    return re.search(rf"(?<![\w.]){re.escape(figure)}(?!\d)", text) is not None
+    """Whether ``text`` shows ``figure`` as a figure of its own: a signed figure with its sign."""
+    before = r"(?<![\w.,+-])" if figure[0] in "+-" else r"(?<![\w.,])"
+    return re.search(before + re.escape(figure) + r"(?!\d)", text) is not None
 
 
 def test_written_reading_quotes_only_figures_the_tables_show():
@@ -182,6 +189,11 @@ def test_written_reading_quotes_only_figures_the_tables_show():
 
 
 def test_figure_check_tells_a_rounded_figure_from_the_table_value():
-    assert _decimal_figures("3.7 to 15.26, 0.79%, (1.5)") == ["3.7", "15.26", "0.79", "1.5"]
+    assert _decimal_figures("3.7 to 15.26, 0.79%, (1.5), 5-18.7, 2.5.") == ["3.7", "15.26", "0.79", "1.5", "18.7",
+                                                                            "2.5"]
+    assert _decimal_figures("(-8.00) and +3.23 but 1,234.5") == ["-8.00", "+3.23", "1,234.5"]
     assert not _shows("3.7", "conv norms 3.70 to 15.26") and not _shows("5.2", "15.26")
     assert _shows("3.70", "conv norms 3.70 to 15.26") and _shows("15.26", "(3.70–15.26)")
+    # A sign quoted is a sign checked; an unsigned figure matches a signed cell.
+    assert not _shows("+3.23", "| -3.23 |") and _shows("-3.23", "| -3.23 |") and _shows("3.23", "| -3.23 |")
+    assert not _shows("234.5", "9,234.5") and _shows("1,234.5", "of 1,234.5 images")

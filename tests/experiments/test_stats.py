@@ -29,10 +29,11 @@ def test_judge_difference_is_the_mean_gap_against_the_larger_spread(base, other)
 
 
 def test_judge_difference_at_hand_picked_gaps():
-    # Seed stds 0.01 (both sides): the gap must exceed 0.02.
+    # Sample std (ddof=1) of two values 0.02 apart is 0.0141, so the gap must exceed 0.0283;
+    # with the population std (0.01) the 0.025 gap would count.
     assert judge_difference([0.50, 0.52], [0.54, 0.56])[0] == "higher"
-    assert judge_difference([0.50, 0.52], [0.52, 0.54])[0] == "within spread"
-    assert judge_difference([0.50, 0.52], [0.46, 0.48])[0] == "lower"
+    assert judge_difference([0.50, 0.52], [0.525, 0.545])[0] == "within spread"
+    assert judge_difference([0.50, 0.52], [0.47, 0.49])[0] == "lower"
     # Identical seeds: the floor, not a zero spread, sets the bound.
     assert judge_difference([0.5, 0.5], [0.5005, 0.5005])[0] == "within spread"
     assert judge_difference([0.5, 0.5], [0.503, 0.503])[0] == "higher"

@@ -74,6 +74,7 @@ def test_memorisation_study_is_the_listed_grid():
     assert order[:4] == [(m, rate, 0) for rate in (0.0, 0.4) for m in headline]
     assert order[4:8] == [(m, 0.4, seed) for seed in (1, 2) for m in headline]
     assert {rate for _, rate, _ in order[8:14]} == {0.4} and {rate for _, rate, _ in order[14:]} == {0.0, 0.8}
+    assert order[8:14] == sorted(order[8:14], key=lambda run: run[2])
     rest = order[14:]
     assert rest == sorted(rest, key=lambda run: run[2])  # seed-major after that
 

@@ -17,7 +17,8 @@ from convnorm.experiments.figures import pyplot as _pyplot
 from convnorm.experiments.figures import save_figure as _savefig
 from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
 from convnorm.experiments.records import iter_records
-from convnorm.experiments.stats import SPREAD_FACTOR, SPREAD_FLOOR, format_mean_std, judge_difference, mean_std
+from convnorm.experiments.stats import (CONVNORM_METHODS, SPREAD_FACTOR, SPREAD_FLOOR, format_mean_std,
+                                        judge_difference, mean_std)
 from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _noise_label
 from convnorm.experiments.stats import noise_sort_key as _noise_sort
@@ -164,7 +165,7 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
             if conds:
                 parts.append(f"{kind} in {len(conds)}: " + ", ".join(conds))
         out.append(f"- {m} against bn, {len(verdicts)} condition(s): " + "; ".join(parts) + ".")
-    tested = [(m, v) for m in ("convnorm", "convnorm+bn", "convnorm-paper") for v in _verdicts(runs, m)
+    tested = [(m, v) for m in CONVNORM_METHODS for v in _verdicts(runs, m)
               if v[0] != "clean"]
     claims = [(m, v) for m, v in tested if v[1] in ("higher", "lower")]
     if claims:

@@ -1,16 +1,19 @@
 """Statistics over seeds and their formatting, shared by the report sections.
 
-The classification report (:mod:`convnorm.experiments.report`), the adversarial one
+The classification report (:mod:`convnorm.experiments.report`), the memorisation view
+(:mod:`convnorm.experiments.memorisation_report`), the adversarial one
 (:mod:`convnorm.experiments.robust_report`) and the GAN one
 (:mod:`convnorm.experiments.gan_report`) all summarise runs as mean ± sample standard
 deviation over seeds; they take the numbers and their text from here, so the tables agree.
+The classification and memorisation readings also share one rule for when a difference
+between two methods counts (:func:`judge_difference`).
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Dict, Sequence, Tuple
 
-__all__ = ["METHOD_ORDER", "SPREAD_FACTOR", "SPREAD_FLOOR", "format_mean_std", "judge_difference", "mean_std",
+__all__ = ["CONVNORM_METHODS", "METHOD_ORDER", "SPREAD_FACTOR", "SPREAD_FLOOR", "format_mean_std", "judge_difference", "mean_std",
            "method_key", "noise_label", "noise_sort_key"]
 
 #: The order methods appear in every table: baselines, then the ConvNorm variants, then the others.
@@ -25,6 +28,9 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     return mean, std
 
 
+#: The methods the paper's claims are about: ConvNorm alone, before BN, and the paper's block.
+CONVNORM_METHODS = ("convnorm", "convnorm+bn", "convnorm-paper")
+
 #: Two methods' means differ when they are further apart than this many times the larger of
 #: their seed standard deviations...
 SPREAD_FACTOR = 2.0
@@ -33,7 +39,7 @@ SPREAD_FLOOR = 0.001
 
 
 def judge_difference(base: Sequence[float], other: Sequence[float]) -> Tuple[str, float]:
-    """Whether ``other`` reads above or below ``base`` (values over seeds), and by how much.
+    """Whether ``other`` reads above or below ``base`` (non-empty values over seeds), and by how much.
 
     Returns ``(verdict, mean(other) - mean(base))`` with verdict ``"higher"`` or ``"lower"``
     when the means differ by more than :data:`SPREAD_FACTOR` times the larger sample std of
