@@ -142,3 +142,18 @@ def test_tally_says_plainly_when_nothing_is_beyond_the_spread(tmp_path):
     assert ("No comparison of a ConvNorm method under noise is beyond the seed spread yet (2 within the spread or "
             "with one seed).") in text
     assert "side with it" not in text and "-0.00" not in text
+
+
+def test_reading_prints_the_difference_tables_figure(tmp_path):
+    # Finals 35.64/36.58 against 38.87/39.68: the difference of means is 3.16500...01 points and
+    # the mean of the paired differences 3.16499...83, which round to +3.17 and +3.16. The
+    # reading must print the difference table's figure.
+    runs = []
+    for seed, (b, c) in enumerate(((0.3564, 0.3887), (0.3658, 0.3968))):
+        runs.append(record("bn", 0.4, seed, [0.45, b], [0.3, 0.9], final_full=b))
+        runs.append(record("convnorm-paper", 0.4, seed, [0.47, c], [0.3, 0.9], final_full=c))
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    assert "| convnorm-paper | sym 40% | +3.16 ± " in text
+    assert "convnorm-paper: final (all test) higher (+3.16)" in text

@@ -181,8 +181,10 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
                 continue
             judged = []
             for key, label, holds_on in measures:
-                verdict, diff = judge_difference(*_paired_values(runs, m, cond, key))
-                judged.append(f"{label} {verdict} ({_points(diff)})")
+                verdict, _ = judge_difference(*_paired_values(runs, m, cond, key))
+                # The mean of the paired differences, computed as the difference table does, so
+                # the two print the same figure (the difference of means can round the other way).
+                judged.append(f"{label} {verdict} ({_points(mean_std(_paired(runs, m, cond, key))[0])})")
                 if m in CONVNORM_METHODS and cond != "clean":
                     if verdict in ("higher", "lower"):
                         (agree if verdict == holds_on else against).append(f"{m} {label} at {cond}")
