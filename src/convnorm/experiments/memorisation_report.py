@@ -177,14 +177,17 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
     for cond in conditions:
         parts = []
         for m in methods:
-            if not _paired_values(runs, m, cond, "drop")[0]:
+            pairs = {key: _paired_values(runs, m, cond, key) for key, _, _ in measures}
+            if not pairs["drop"][0]:
                 continue
             judged = []
             for key, label, holds_on in measures:
-                verdict, _ = judge_difference(*_paired_values(runs, m, cond, key))
+                base, other = pairs[key]
+                verdict, _ = judge_difference(base, other)
                 # The mean of the paired differences, computed as the difference table does, so
                 # the two print the same figure (the difference of means can round the other way).
-                judged.append(f"{label} {verdict} ({_points(mean_std(_paired(runs, m, cond, key))[0])})")
+                paired_mean = mean_std([o - b for b, o in zip(base, other)])[0]
+                judged.append(f"{label} {verdict} ({_points(paired_mean)})")
                 if m in CONVNORM_METHODS and cond != "clean":
                     if verdict in ("higher", "lower"):
                         (agree if verdict == holds_on else against).append(f"{m} {label} at {cond}")

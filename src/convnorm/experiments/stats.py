@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Sequence, Tuple
 
-__all__ = ["CONVNORM_METHODS", "METHOD_ORDER", "SPREAD_FACTOR", "SPREAD_FLOOR", "format_mean_std", "judge_difference", "mean_std",
-           "method_key", "noise_label", "noise_sort_key"]
+__all__ = ["CONVNORM_METHODS", "METHOD_ORDER", "SPREAD_FACTOR", "SPREAD_FLOOR", "format_mean_std", "judge_difference",
+           "mean_std", "method_key", "noise_label", "noise_sort_key"]
 
 #: The order methods appear in every table: baselines, then the ConvNorm variants, then the others.
 METHOD_ORDER = ("plain", "bn", "convnorm", "convnorm+bn", "convnorm-paper", "sn", "oni", "ocnn")
