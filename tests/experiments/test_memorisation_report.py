@@ -157,3 +157,34 @@ def test_reading_prints_the_difference_tables_figure(tmp_path):
     text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
     assert "| convnorm-paper | sym 40% | +3.16 ± " in text
     assert "convnorm-paper: final (all test) higher (+3.16)" in text
+
+
+def test_net_reading_takes_off_the_lead_on_clean_labels_per_seed(tmp_path):
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, 0.03)):
+        runs.append(record("bn", 0.0, seed, [0.60 + shift, 0.60 + shift], [0, 0]))
+        runs.append(record("bn", 0.4, seed, [0.45 + shift, 0.35 + shift], [0.3, 0.9]))
+        # convnorm-paper leads BN by 10 points on clean labels and under noise: no lead net of clean.
+        runs.append(record("convnorm-paper", 0.0, seed, [0.70 + shift, 0.70 + shift], [0, 0]))
+        runs.append(record("convnorm-paper", 0.4, seed, [0.55 + shift, 0.45 + shift], [0.3, 0.9]))
+        # convnorm+bn is level with BN on clean labels and 5 points ahead under noise, falling less.
+        runs.append(record("convnorm+bn", 0.0, seed, [0.60 + shift, 0.60 + shift], [0, 0]))
+        runs.append(record("convnorm+bn", 0.4, seed, [0.45 + shift, 0.40 + shift], [0.3, 0.9]))
+    # A clean run without its noisy partner (and the reverse) pairs with nothing.
+    runs.append(record("convnorm+bn", 0.0, 3, [0.9, 0.9], [0, 0]))
+    runs.append(record("bn", 0.0, 3, [0.1, 0.1], [0, 0]))
+    runs.append(record("convnorm-paper", 0.4, 4, [0.9, 0.9], [0.3, 0.9]))
+    runs.append(record("bn", 0.4, 4, [0.1, 0.1], [0.3, 0.9]))
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    net = text[text.index("Net of the clean-label lead (generated)"):]
+    assert ("- sym 40%: convnorm+bn: final (all test) higher (+5.00), drop lower (-5.00); convnorm-paper: final "
+            "(all test) within spread (+0.00), drop within spread (+0.00).") in net
+    assert ("The same claim, net of the clean-label lead. Beyond the seed spread, these records side with it for "
+            "convnorm+bn final (all test) at sym 40%, convnorm+bn drop at sym 40% and against it for no comparison; "
+            "2 comparison(s) are within the spread or have one seed.") in net
+    # Without clean runs there is no control, and no net reading.
+    noisy_only = [(p, r) for p, r in paths if r["config"]["noise_rate"] > 0]
+    assert "Net of the clean-label lead" not in "\n".join(
+        memorisation_section(noisy_only, str(folder), str(folder / "figures")))

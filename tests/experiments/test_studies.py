@@ -70,12 +70,14 @@ def test_memorisation_study_is_the_listed_grid():
     order = [(c.method, c.noise_rate, c.seed) for c in configs]
     headline = ("bn", "convnorm-paper")
     # The runs the claim rests on come first: seed 0 of bn and convnorm-paper at clean and 40%
-    # noise, then those two at 40% noise on seeds 1 and 2, then every other 40% run.
+    # noise, then those two at 40% noise on seeds 1 and 2, then every other 40% run, then those
+    # two on clean labels on seeds 1 and 2 (the control of their comparison).
     assert order[:4] == [(m, rate, 0) for rate in (0.0, 0.4) for m in headline]
     assert order[4:8] == [(m, 0.4, seed) for seed in (1, 2) for m in headline]
     assert {rate for _, rate, _ in order[8:14]} == {0.4} and {rate for _, rate, _ in order[14:]} == {0.0, 0.8}
     assert order[8:14] == sorted(order[8:14], key=lambda run: run[2])
-    rest = order[14:]
+    assert order[14:18] == [(m, 0.0, seed) for seed in (1, 2) for m in headline]
+    rest = order[18:]
     assert rest == sorted(rest, key=lambda run: run[2])  # seed-major after that
 
 

@@ -16,7 +16,10 @@ records alone:
   (:data:`FIT_MEMORISED`, :data:`DROP_MEMORISED`); per condition (clean labels as the
   control), whether each method's final accuracy and drop read above or below BN's beyond
   the seed spread, on the seeds both ran (:func:`~convnorm.experiments.stats.judge_difference`,
-  the rule the label-noise view uses); and what that says of the paper's claim under noise.
+  the rule the label-noise view uses); and what that says of the paper's claim under noise,
+  first as it stands and then net of each method's lead over BN on clean labels (the
+  difference of the two leads, per seed), since a lead that shows on clean labels too is not
+  robustness to noise.
 """
 from __future__ import annotations
 
@@ -150,38 +153,57 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
     return out + [""] + _claim_reading(runs)
 
 
-def _paired_values(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> Tuple[List[float], List[float]]:
-    """One :func:`run_summary` number of BN's and of ``method``'s runs at condition ``cond``,
-    on the seeds both ran, in seed order (so their mean gap is the paired difference)."""
+def _seed_values(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> Dict[int, Tuple[float, float]]:
+    """Seed -> (BN's, ``method``'s) :func:`run_summary` number ``key`` at condition ``cond``,
+    for the seeds both ran."""
     by_seed: Dict[int, Dict[str, float]] = defaultdict(dict)
     for r in runs:
         if _condition(r["config"]) == cond and r["config"]["method"] in ("bn", method):
             by_seed[r["config"]["seed"]][r["config"]["method"]] = run_summary(r)[key]
-    common = [v for _, v in sorted(by_seed.items()) if "bn" in v and method in v]
-    return [v["bn"] for v in common], [v[method] for v in common]
+    return {seed: (v["bn"], v[method]) for seed, v in by_seed.items() if "bn" in v and method in v}
+
+
+def _paired_values(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> Tuple[List[float], List[float]]:
+    """BN's and ``method``'s values at ``cond`` on the seeds both ran, in seed order (so their
+    mean gap is the paired difference)."""
+    pairs = [v for _, v in sorted(_seed_values(runs, method, cond, key).items())]
+    return [b for b, _ in pairs], [o for _, o in pairs]
+
+
+def _clean_and_noisy_leads(runs: List[Dict[str, Any]], method: str, cond: str,
+                           key: str) -> Tuple[List[float], List[float]]:
+    """``method``'s lead over BN (method minus BN) on clean labels and at ``cond``, on the seeds
+    where BN and the method ran both conditions, in seed order: the control pairs of the net
+    reading."""
+    clean, noisy = _seed_values(runs, method, "clean", key), _seed_values(runs, method, cond, key)
+    seeds = sorted(set(clean) & set(noisy))
+    return [clean[s][1] - clean[s][0] for s in seeds], [noisy[s][1] - noisy[s][0] for s in seeds]
 
 
 def _points(diff: float) -> str:
     return f"{round(diff * 100, 2) + 0.0:+.2f}"  # + 0.0 turns a rounded -0.00 into +0.00
 
 
-def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
-    """Each method against BN at every label condition, on the final accuracy (all test) and
-    the drop, on the seeds both ran, judged against the seed spread; then the paper's claim
-    tallied over the noisy conditions (clean labels are the control: a lead there is not
-    robustness to noise)."""
-    measures = (("final_full", "final (all test)", "higher"), ("drop", "drop", "lower"))
-    conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
+#: The two measures judged against BN, and which direction the paper's claim expects.
+_CLAIM_MEASURES = (("final_full", "final (all test)", "higher"), ("drop", "drop", "lower"))
+
+
+def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_of) -> Tuple[List[str], List[str],
+                                                                                            List[str], int]:
+    """One line per condition judging every non-BN method on :data:`_CLAIM_MEASURES` with
+    :func:`judge_difference` on ``pairs_of(method, cond, key) -> (base, other)``; and the
+    comparisons of the ConvNorm methods under noise that side with the claim, go against it,
+    and the number left undecided."""
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
     lines, agree, against, undecided = [], [], [], 0
     for cond in conditions:
         parts = []
         for m in methods:
-            pairs = {key: _paired_values(runs, m, cond, key) for key, _, _ in measures}
+            pairs = {key: pairs_of(m, cond, key) for key, _, _ in _CLAIM_MEASURES}
             if not pairs["drop"][0]:
                 continue
             judged = []
-            for key, label, holds_on in measures:
+            for key, label, holds_on in _CLAIM_MEASURES:
                 base, other = pairs[key]
                 verdict, _ = judge_difference(base, other)
                 # The mean of the paired differences, computed as the difference table does, so
@@ -196,22 +218,48 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
             parts.append(f"{m}: " + ", ".join(judged))
         if parts:
             lines.append(f"- {cond}: " + "; ".join(parts) + ".")
+    return lines, agree, against, undecided
+
+
+def _tally(opening: str, agree: List[str], against: List[str], undecided: int) -> List[str]:
+    if agree or against:
+        return ["", f"{opening} Beyond the seed spread, these records side with it for "
+                + (", ".join(agree) if agree else "no comparison") + " and against it for "
+                + (", ".join(against) if against else "no comparison")
+                + (f"; {undecided} comparison(s) are within the spread or have one seed" if undecided else "") + "."]
+    if undecided:
+        return ["", f"{opening} No comparison of a ConvNorm method under noise is beyond the seed spread yet "
+                f"({undecided} within the spread or with one seed)."]
+    return []
+
+
+def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
+    """Each method against BN at every label condition, on the final accuracy (all test) and
+    the drop, on the seeds both ran, judged against the seed spread; then the paper's claim
+    tallied over the noisy conditions (clean labels are the control: a lead there is not
+    robustness to noise). Then the same judgement net of the clean-label lead: under each
+    noisy condition, a method's lead over BN against its lead on clean labels, per seed."""
+    conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
+    lines, agree, against, undecided = _judged_lines(
+        runs, conditions, lambda m, cond, key: _paired_values(runs, m, cond, key))
     if not lines:
         return []
     out = [f"Against BN (generated), on the seeds both ran (the pairs of the difference table): a method's mean "
            f"reads higher or lower than BN's when the two differ by more than {SPREAD_FACTOR:g} times the larger "
            f"seed standard deviation (at least {SPREAD_FLOOR * 100:g} points); otherwise within the spread; not "
            "judged with one seed. Differences in points.", ""] + lines
-    if agree or against:
-        out += ["", "The paper claims ConvNorm holds on where BN memorises: under label noise its final accuracy "
-                "stays higher and falls less from its best. Beyond the seed spread, these records side with it for "
-                + (", ".join(agree) if agree else "no comparison") + " and against it for "
-                + (", ".join(against) if against else "no comparison")
-                + (f"; {undecided} comparison(s) are within the spread or have one seed" if undecided else "")
-                + "."]
-    elif undecided:
-        out += ["", f"The paper claims ConvNorm holds on where BN memorises. No comparison of a ConvNorm method "
-                f"under noise is beyond the seed spread yet ({undecided} within the spread or with one seed)."]
+    claim = ("The paper claims ConvNorm holds on where BN memorises: under label noise its final accuracy stays "
+             "higher and falls less from its best.")
+    out += _tally(claim, agree, against, undecided)
+    noisy = [c for c in conditions if c != "clean"]
+    net, agree, against, undecided = _judged_lines(
+        runs, noisy, lambda m, cond, key: _clean_and_noisy_leads(runs, m, cond, key))
+    if net:
+        out += ["", "Net of the clean-label lead (generated): the same rule, applied to a method's lead over BN "
+                "under noise against its lead over BN on clean labels, on the seeds where both ran both (a lead "
+                "that is as large on clean labels is not robustness to noise). Differences in points: the lead "
+                "under noise minus the lead on clean labels.", ""] + net
+        out += _tally("The same claim, net of the clean-label lead.", agree, against, undecided)
     return out + [""]
 
 
