@@ -50,6 +50,19 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_log_says_when_a_run_completes_whether_trained_now_or_before(tmp_path):
+    config = tiny(epochs=2)
+    kw = dict(out_dir=str(tmp_path / "r"), checkpoint_dir=str(tmp_path / "c"))
+    done = f"{run_name(config)}: complete, test accuracy "
+    part, resumed, again = [], [], []
+    train(config, stop_after_epoch=1, log=part.append, **kw)
+    assert part and not any(line.startswith(done) for line in part)
+    record = train(config, log=resumed.append, **kw)
+    assert resumed[-1] == f"{done}{record['final_test_acc']:.4f} (record {tmp_path / 'r' / run_name(config)}.json)"
+    train(config, log=again.append, **kw)
+    assert again == resumed[-1:]
+
+
 def test_test_subset_scores_a_fixed_part_each_epoch_and_everything_at_the_end(tmp_path):
     from convnorm.experiments.corruptions import per_class_subset
     from convnorm.experiments.data import load_dataset

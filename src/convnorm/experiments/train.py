@@ -319,8 +319,7 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
         if existing.get("config") != config.identity():
             raise ValueError(f"{record_path} holds a different config; remove it or change the output folder")
         if existing.get("status") == "complete":
-            if log:
-                log(f"{name}: complete, test accuracy {existing['final_test_acc']:.4f} (record {record_path})")
+            _log_complete(log, name, existing, record_path)
             return existing
 
     if device is None:
@@ -441,9 +440,16 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
                 f"train {row['train_acc']:.4f}{mem} val {val_acc:.4f} test {test_acc:.4f} ({epoch_time:.1f} s)")
         if record["status"] == "diverged":
             break
+    if record["status"] == "complete":
+        _log_complete(log, name, record, record_path)
     if world > 1:
         dist.barrier()
     return record
+
+
+def _log_complete(log, name: str, record: Dict[str, Any], record_path: str) -> None:
+    if log:
+        log(f"{name}: complete, test accuracy {record['final_test_acc']:.4f} (record {record_path})")
 
 
 def _checkpoint_config(config: TrainConfig, in_channels: int, num_classes: int) -> Dict[str, Any]:
