@@ -29,10 +29,14 @@ def record(method, rate, seed, test, fitted, final_full=None, wall_time_s=900.0)
 @settings(max_examples=40, deadline=None)
 @given(test=st.lists(st.floats(0, 1), min_size=1, max_size=12), fit=st.floats(0, 1))
 def test_run_summary_is_best_final_and_drop_of_the_curve(test, fit):
-    s = run_summary(record("bn", 0.4, 0, test, [fit] * len(test), final_full=0.3))
+    fitted = [fit * (i + 1) / len(test) for i in range(len(test))]  # rising to ``fit`` at the end
+    s = run_summary(record("bn", 0.4, 0, test, fitted, final_full=0.3))
     assert s["best"] == max(test) and s["final"] == test[-1] and s["drop"] == max(test) - test[-1]
     assert s["best_epoch"] == test.index(max(test)) + 1
-    assert s["final_full"] == 0.3 and s["fit"] == fit
+    assert s["final_full"] == 0.3 and s["fit"] == fitted[-1]
+    crossed = [i + 1 for i, f in enumerate(fitted) if f > FIT_MEMORISED]
+    assert s["fit_epoch"] == (crossed[0] if crossed else None)
+    assert run_summary(record("bn", 0.0, 0, test, fitted))["fit_epoch"] is None
 
 
 def test_section_tables_differences_and_reading(tmp_path):
@@ -46,8 +50,11 @@ def test_section_tables_differences_and_reading(tmp_path):
     paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
     lines = memorisation_section(paths, str(folder), str(folder / "figures"))
     text = "\n".join(lines)
-    assert "| bn | sym 40% | 46.00 ± 1.41 | 36.00 ± 1.41 | 10.00 ± 0.00 | 36.00 ± 1.41 | 90.00 ± 0.00 | 2 |" in text
+    assert ("| bn | sym 40% | 46.00 ± 1.41 | 36.00 ± 1.41 | 10.00 ± 0.00 | 36.00 ± 1.41 | 90.00 ± 0.00 | 3.0 ± 0.0 "
+            "| 2 |") in text
     assert "| convnorm-paper | sym 40% | 45.00 ± 1.41 | 43.00 ± 1.41 | 2.00 ± 0.00 |" in text
+    assert "| 40.00 ± 0.00 | never | 2 |" in text  # never more than half of its noisy labels fitted
+    assert "| bn | clean | 63.00 ± 1.41 | 63.00 ± 1.41 | 0.00 ± 0.00 | 63.00 ± 1.41 | — | — | 2 |" in text
     # paired by seed: final +7 points, drop -8 points on both seeds
     assert "| convnorm-paper | sym 40% | +7.00 ± 0.00 | -8.00 ± 0.00 | 1.41 | 0.00 | 2 |" in text
     assert "- sym 40%: runs that memorise: bn 2/2 (mean drop 10.00 points); convnorm-paper 0/2" in text
@@ -188,3 +195,12 @@ def test_net_reading_takes_off_the_lead_on_clean_labels_per_seed(tmp_path):
     noisy_only = [(p, r) for p, r in paths if r["config"]["noise_rate"] > 0]
     assert "Net of the clean-label lead" not in "\n".join(
         memorisation_section(noisy_only, str(folder), str(folder / "figures")))
+
+
+def test_epoch_fitted_names_the_runs_that_never_cross(tmp_path):
+    runs = [record("bn", 0.4, 0, [0.4, 0.3, 0.3], [0.2, 0.6, 0.9]), record("bn", 0.4, 1, [0.4, 0.3, 0.3], [0.2, 0.3, 0.4]),
+            record("bn", 0.4, 2, [0.4, 0.3, 0.3], [0.2, 0.4, 0.7])]
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    assert "| 2.5 ± 0.7 (1 never) | 3 |" in text

@@ -8,7 +8,8 @@ records alone:
 * per method and label condition, mean ± sample std over seeds of the best test accuracy
   over the epochs, the final one, the drop from best to final (all three on the part of the
   test set scored every epoch), the final accuracy on the whole test set, and the fraction of
-  noisy training labels fitted at the end;
+  noisy training labels fitted at the end, with the first epoch that ends with more than
+  :data:`FIT_MEMORISED` of them fitted (how soon a run memorises);
 * per method and condition, the difference to BN (paired by seed) beside the seed spread of
   BN itself;
 * curves of test accuracy and of noisy-label fit per epoch (mean over seeds, band min–max);
@@ -55,13 +56,17 @@ def run_summary(record: Dict[str, Any]) -> Dict[str, Optional[float]]:
 
     ``best``/``final``: best and last per-epoch test accuracy (the part of the test set scored
     every epoch); ``drop = best - final``; ``final_full``: the last epoch on the whole test set;
-    ``fit``: noisy training labels fitted at the end (None for clean labels); ``best_epoch``.
+    ``fit``: noisy training labels fitted at the end (None for clean labels); ``best_epoch``;
+    ``fit_epoch``: the first epoch (1-based) that ends with more than :data:`FIT_MEMORISED` of
+    the noisy labels fitted (None for clean labels, or if no epoch does): how soon a run memorises.
     """
     rows = record["epochs"]
     accs = [row["test_acc"] for row in rows]
     best = max(accs)
+    fit_epoch = next((float(i + 1) for i, row in enumerate(rows)
+                      if row.get("memorized_noisy") is not None and row["memorized_noisy"] > FIT_MEMORISED), None)
     return dict(best=best, final=accs[-1], drop=best - accs[-1], final_full=record["final_test_acc"],
-                fit=rows[-1].get("memorized_noisy"), best_epoch=float(accs.index(best) + 1))
+                fit=rows[-1].get("memorized_noisy"), best_epoch=float(accs.index(best) + 1), fit_epoch=fit_epoch)
 
 
 def _memorises(s: Dict[str, Optional[float]]) -> bool:
@@ -83,9 +88,11 @@ def _summary_table(runs: List[Dict[str, Any]], part: int) -> List[str]:
     conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
     out = [f"Test accuracy (%): best over the epochs, final, and the drop from best to final, on the fixed "
            f"{part:,}-image part of the test set scored every epoch; final on all of the test set; noisy "
-           "training labels fitted at the end (%). Mean ± std over seeds (n seeds).", "",
-           "| method | labels | best | final | drop | final (all test) | noisy fitted | n |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+           f"training labels fitted at the end (%), and the first epoch that ends with more than "
+           f"{FIT_MEMORISED * 100:g}% of them fitted (how soon a run memorises). Mean ± std over seeds (n seeds).", "",
+           f"| method | labels | best | final | drop | final (all test) | noisy fitted | epoch fitted > "
+           f"{FIT_MEMORISED * 100:g}% | n |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for cond in conditions:
         for m in methods:
             rs = [r for r in runs if r["config"]["method"] == m and _condition(r["config"]) == cond]
@@ -93,11 +100,21 @@ def _summary_table(runs: List[Dict[str, Any]], part: int) -> List[str]:
                 continue
             ss = [run_summary(r) for r in rs]
             fit = [s["fit"] for s in ss if s["fit"] is not None]
+            fit_epoch = _fit_epoch_text([s["fit_epoch"] for s in ss]) if fit else "—"
             out.append(f"| {m} | {cond} | {format_mean_std([s['best'] for s in ss])} | "
                        f"{format_mean_std([s['final'] for s in ss])} | {format_mean_std([s['drop'] for s in ss])} | "
                        f"{format_mean_std([s['final_full'] for s in ss])} | "
-                       f"{format_mean_std(fit) if fit else '—'} | {len(rs)} |")
+                       f"{format_mean_std(fit) if fit else '—'} | {fit_epoch} | {len(rs)} |")
     return out + [""]
+
+
+def _fit_epoch_text(epochs: Sequence[Optional[float]]) -> str:
+    """Mean ± std of the epochs that crossed the fit threshold; runs that never did are named."""
+    crossed = [e for e in epochs if e is not None]
+    mean, std = mean_std(crossed) if crossed else (math.nan, math.nan)
+    text = "never" if not crossed else f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+    missing = len(epochs) - len(crossed)
+    return text if not missing or not crossed else f"{text} ({missing} never)"
 
 
 def _paired(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> List[float]:
