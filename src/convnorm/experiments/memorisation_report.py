@@ -8,8 +8,9 @@ records alone:
 * per method and label condition, mean ± sample std over seeds of the best test accuracy
   over the epochs, the final one, the drop from best to final (all three on the part of the
   test set scored every epoch), the final accuracy on the whole test set, and the fraction of
-  noisy training labels fitted at the end, with the first epoch that ends with more than
-  :data:`FIT_MEMORISED` of them fitted (how soon a run memorises);
+  noisy training labels fitted in the last epoch, with the first epoch in which more than
+  :data:`FIT_MEMORISED` of them were fitted (how soon a run memorises; both counted as the
+  batches train);
 * per method and condition, the difference to BN (paired by seed) beside the seed spread of
   BN itself;
 * curves of test accuracy and of noisy-label fit per epoch (mean over seeds, band min–max);
@@ -56,9 +57,11 @@ def run_summary(record: Dict[str, Any]) -> Dict[str, Optional[float]]:
 
     ``best``/``final``: best and last per-epoch test accuracy (the part of the test set scored
     every epoch); ``drop = best - final``; ``final_full``: the last epoch on the whole test set;
-    ``fit``: noisy training labels fitted at the end (None for clean labels); ``best_epoch``;
-    ``fit_epoch``: the first epoch (1-based) that ends with more than :data:`FIT_MEMORISED` of
-    the noisy labels fitted (None for clean labels, or if no epoch does): how soon a run memorises.
+    ``fit``: noisy training labels fitted in the last epoch (None for clean labels); ``best_epoch``;
+    ``fit_epoch``: the first epoch (1-based) in which more than :data:`FIT_MEMORISED` of the noisy
+    labels were fitted (None for clean labels, or if no epoch does): how soon a run memorises.
+    Both count a noisy label as fitted when the training-mode network predicts it as its batch
+    trains (the record's ``memorized_noisy``), not in a separate pass at the epoch's end.
     """
     rows = record["epochs"]
     accs = [row["test_acc"] for row in rows]
@@ -88,8 +91,9 @@ def _summary_table(runs: List[Dict[str, Any]], part: int) -> List[str]:
     conditions = sorted({_condition(r["config"]) for r in runs}, key=_condition_key)
     out = [f"Test accuracy (%): best over the epochs, final, and the drop from best to final, on the fixed "
            f"{part:,}-image part of the test set scored every epoch; final on all of the test set; noisy "
-           f"training labels fitted at the end (%), and the first epoch that ends with more than "
-           f"{FIT_MEMORISED * 100:g}% of them fitted (how soon a run memorises). Mean ± std over seeds (n seeds).", "",
+           f"training labels fitted in the last epoch (%), and the first epoch in which more than "
+           f"{FIT_MEMORISED * 100:g}% of them were fitted (how soon a run memorises); both counted as each batch "
+           "trains. Mean ± std over seeds (n seeds).", "",
            f"| method | labels | best | final | drop | final (all test) | noisy fitted | epoch fitted > "
            f"{FIT_MEMORISED * 100:g}% | n |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -205,12 +209,13 @@ def _points(diff: float) -> str:
 _CLAIM_MEASURES = (("final_full", "final (all test)", "higher"), ("drop", "drop", "lower"))
 
 
-def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_of) -> Tuple[List[str], List[str],
-                                                                                            List[str], int]:
+def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_of,
+                  sides: Optional[Tuple[str, str]] = None) -> Tuple[List[str], List[str], List[str], int]:
     """One line per condition judging every non-BN method on :data:`_CLAIM_MEASURES` with
     :func:`judge_difference` on ``pairs_of(method, cond, key) -> (base, other)``; and the
     comparisons of the ConvNorm methods under noise that side with the claim, go against it,
-    and the number left undecided."""
+    and the number left undecided. With ``sides`` (names of the other and the base side), each
+    figure is followed by the two means it is the difference of, and each method by its seeds."""
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
     lines, agree, against, undecided = [], [], [], 0
     for cond in conditions:
@@ -226,13 +231,16 @@ def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_o
                 # The mean of the paired differences, computed as the difference table does, so
                 # the two print the same figure (the difference of means can round the other way).
                 paired_mean = mean_std([o - b for b, o in zip(base, other)])[0]
-                judged.append(f"{label} {verdict} ({_points(paired_mean)})")
+                detail = "" if sides is None else (f": {_points(mean_std(other)[0])} {sides[0]}, "
+                                                   f"{_points(mean_std(base)[0])} {sides[1]}")
+                judged.append(f"{label} {verdict} ({_points(paired_mean)}{detail})")
                 if m in CONVNORM_METHODS and cond != "clean":
                     if verdict in ("higher", "lower"):
                         (agree if verdict == holds_on else against).append(f"{m} {label} at {cond}")
                     else:
                         undecided += 1
-            parts.append(f"{m}: " + ", ".join(judged))
+            seeds = "" if sides is None else f" ({len(pairs['drop'][0])} seed{'s' * (len(pairs['drop'][0]) > 1)})"
+            parts.append(f"{m}{seeds}: " + ", ".join(judged))
         if parts:
             lines.append(f"- {cond}: " + "; ".join(parts) + ".")
     return lines, agree, against, undecided
@@ -270,12 +278,17 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
     out += _tally(claim, agree, against, undecided)
     noisy = [c for c in conditions if c != "clean"]
     net, agree, against, undecided = _judged_lines(
-        runs, noisy, lambda m, cond, key: _clean_and_noisy_leads(runs, m, cond, key))
+        runs, noisy, lambda m, cond, key: _clean_and_noisy_leads(runs, m, cond, key),
+        sides=("under noise", "on clean labels"))
     if net:
-        out += ["", "Net of the clean-label lead (generated): the same rule, applied to a method's lead over BN "
-                "under noise against its lead over BN on clean labels, on the seeds where both ran both (a lead "
-                "that is as large on clean labels is not robustness to noise). Differences in points: the lead "
-                "under noise minus the lead on clean labels.", ""] + net
+        out += ["", "Net of the clean-label lead (generated): a method's lead over BN (method minus BN, paired by "
+                "seed) under noise against its lead on clean labels, on the seeds where BN and the method ran both "
+                "clean and noisy labels; a lead that is as large on clean labels is not robustness to noise. A "
+                f"measure reads higher (lower) when the lead under noise exceeds (falls short of) the lead on clean "
+                f"labels by more than {SPREAD_FACTOR:g} times the larger seed standard deviation of the two leads "
+                f"(at least {SPREAD_FLOOR * 100:g} points); otherwise within the spread; not judged with one seed. "
+                "Each figure is the lead under noise minus the lead on clean labels, followed by the two mean leads, "
+                "in points.", ""] + net
         out += _tally("The same claim, net of the clean-label lead.", agree, against, undecided)
     return out + [""]
 

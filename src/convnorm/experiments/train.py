@@ -297,7 +297,7 @@ def train(
             rank's GPU).
         stop_after_epoch: return after this many epochs in total, as an interruption would
             (the record stays ``"running"``; a later call resumes).
-        log: where the one-line-per-epoch log goes (rank 0 only).
+        log: where the log goes (rank 0 only): a line per epoch, and one when the run is complete.
     """
     config.validate()
     created_group = _maybe_init_distributed()
