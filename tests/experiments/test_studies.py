@@ -71,14 +71,17 @@ def test_memorisation_study_is_the_listed_grid():
     headline = ("bn", "convnorm-paper")
     # The runs the claim rests on come first: seed 0 of bn and convnorm-paper at clean and 40%
     # noise, then those two at 40% noise on seeds 1 and 2, then every other 40% run, then those
-    # two on clean labels on seeds 1 and 2 (the control of their comparison).
+    # two on clean labels on seeds 1 and 2 (the control of their comparison), then the other
+    # required runs, and the optional sn runs last.
     assert order[:4] == [(m, rate, 0) for rate in (0.0, 0.4) for m in headline]
     assert order[4:8] == [(m, 0.4, seed) for seed in (1, 2) for m in headline]
     assert {rate for _, rate, _ in order[8:14]} == {0.4} and {rate for _, rate, _ in order[14:]} == {0.0, 0.8}
     assert order[8:14] == sorted(order[8:14], key=lambda run: run[2])
     assert order[14:18] == [(m, 0.0, seed) for seed in (1, 2) for m in headline]
-    rest = order[18:]
-    assert rest == sorted(rest, key=lambda run: run[2])  # seed-major after that
+    required, optional = order[18:30], order[30:]
+    assert {m for m, _, _ in required} == set(studies.MEMORISATION_REQUIRED) and {m for m, _, _ in optional} == {"sn"}
+    for group in (required, optional):
+        assert group == sorted(group, key=lambda run: run[2])  # seed-major within each
 
 
 def test_free_at_study_is_the_listed_grid():
