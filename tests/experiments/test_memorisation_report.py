@@ -219,3 +219,26 @@ def test_epoch_fitted_names_the_runs_that_never_cross(tmp_path):
     paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
     text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
     assert "| 2.5 ± 0.7 (1 never) | 3 |" in text
+
+
+def _crossing_at(epoch, epochs=10):
+    """Noisy-label fit per epoch that first exceeds the threshold at ``epoch`` (None: never)."""
+    return [0.9 if epoch is not None and i + 1 >= epoch else 0.1 for i in range(epochs)]
+
+
+def test_how_soon_reading_judges_the_fit_epoch_against_bn_per_seed(tmp_path):
+    crossings = {"bn": (8, 8, 8), "convnorm+bn": (8, 9, 8), "convnorm-paper": (3, 4, 3), "sn": (5, None, None)}
+    runs = [record(m, 0.4, seed, [0.4] * 10, _crossing_at(epoch))
+            for m, epochs in crossings.items() for seed, epoch in enumerate(epochs)]
+    runs += [record(m, 0.0, 0, [0.5] * 10, [0.0] * 10) for m in crossings]  # clean labels: no fit epoch
+    runs += [record("bn", 0.8, 0, [0.2] * 10, _crossing_at(None)), record("sn", 0.8, 0, [0.2] * 10, _crossing_at(2))]
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    soon = text.split("How soon (generated)")[1].split("\n\n")[1]
+    # Three seeds apart by 4.67 epochs read sooner; a third of an epoch is under the one-epoch floor.
+    assert soon.splitlines() == [
+        "- sym 40%: convnorm+bn: within spread (+0.3 epochs: 8.3 against 8.0, 3 seeds); convnorm-paper: sooner "
+        "(-4.7 epochs: 3.3 against 8.0, 3 seeds); sn: one seed (-3.0 epochs: 5.0 against 8.0, 1 seed; 2 left out, "
+        "a run never crossed).",
+        "- sym 80%: sn: no seed on which both crossed."]

@@ -38,3 +38,7 @@ def test_judge_difference_at_hand_picked_gaps():
     assert judge_difference([0.5, 0.5], [0.5005, 0.5005])[0] == "within spread"
     assert judge_difference([0.5, 0.5], [0.503, 0.503])[0] == "higher"
     assert judge_difference([0.5], [0.9, 0.9])[0] == "one seed"
+    # A floor in the values' own unit: epochs that differ by less than two whole epochs on
+    # identical seeds are within the spread, whatever the accuracy floor says.
+    assert judge_difference([20.0, 20.0], [18.5, 18.5], floor=1.0)[0] == "within spread"
+    assert judge_difference([20.0, 20.0], [17.5, 17.5], floor=1.0)[0] == "lower"

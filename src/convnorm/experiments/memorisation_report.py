@@ -21,7 +21,8 @@ records alone:
   the rule the label-noise view uses); and what that says of the paper's claim under noise,
   first as it stands and then net of each method's lead over BN on clean labels (the
   difference of the two leads, per seed), since a lead that shows on clean labels too is not
-  robustness to noise.
+  robustness to noise; and how soon each method memorises against BN (the epoch it first fits
+  more than :data:`FIT_MEMORISED` of its noisy labels, judged with a floor of one epoch).
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
     if not conditions:
         out.append("No run with noisy labels is complete yet, so there is nothing to memorise.")
         return out + [""]
-    return out + [""] + _claim_reading(runs)
+    return out + [""] + _claim_reading(runs) + _fit_epoch_reading(runs, conditions)
 
 
 def _seed_values(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> Dict[int, Tuple[float, float]]:
@@ -291,6 +292,41 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
                 "in points.", ""] + net
         out += _tally("The same claim, net of the clean-label lead.", agree, against, undecided)
     return out + [""]
+
+
+def _fit_epoch_reading(runs: List[Dict[str, Any]], conditions: Sequence[str]) -> List[str]:
+    """How soon each method memorises against BN: the epoch it first fits more than
+    :data:`FIT_MEMORISED` of its noisy labels, on the seeds where both runs crossed, judged
+    with :func:`judge_difference` at a floor of one epoch (the measure's resolution). The
+    paper's claim that ConvNorm holds on would show as a later epoch."""
+    methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
+    lines = []
+    for cond in conditions:
+        parts = []
+        for m in methods:
+            pairs = [v for _, v in sorted(_seed_values(runs, m, cond, "fit_epoch").items())]
+            crossed = [(b, o) for b, o in pairs if b is not None and o is not None]
+            never = f"; {len(pairs) - len(crossed)} left out, a run never crossed" if len(crossed) < len(pairs) else ""
+            if not crossed:
+                if pairs:
+                    parts.append(f"{m}: no seed on which both crossed")
+                continue
+            base, other = [b for b, _ in crossed], [o for _, o in crossed]
+            verdict, _ = judge_difference(base, other, floor=1.0)
+            verdict = {"higher": "later", "lower": "sooner"}.get(verdict, verdict)
+            paired_mean = mean_std([o - b for b, o in crossed])[0]
+            seeds = f"{len(crossed)} seed{'s' * (len(crossed) > 1)}"
+            parts.append(f"{m}: {verdict} ({paired_mean:+.1f} epochs: {mean_std(other)[0]:.1f} against "
+                         f"{mean_std(base)[0]:.1f}, {seeds}{never})")
+        if parts:
+            lines.append(f"- {cond}: " + "; ".join(parts) + ".")
+    if not lines:
+        return []
+    return [f"How soon (generated): the first epoch in which a run fits more than {FIT_MEMORISED * 100:g}% of its "
+            "noisy labels, method minus BN, on the seeds both ran and both crossed. It reads sooner (later) when "
+            f"the two differ by more than {SPREAD_FACTOR:g} times the larger seed standard deviation (at least one "
+            "epoch, the measure's resolution); otherwise within the spread; not judged with one seed. The claim "
+            "that ConvNorm holds on where BN memorises would show as a later epoch.", ""] + lines + [""]
 
 
 def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:

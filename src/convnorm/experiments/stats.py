@@ -38,20 +38,22 @@ SPREAD_FACTOR = 2.0
 SPREAD_FLOOR = 0.001
 
 
-def judge_difference(base: Sequence[float], other: Sequence[float]) -> Tuple[str, float]:
+def judge_difference(base: Sequence[float], other: Sequence[float],
+                     floor: float = SPREAD_FLOOR) -> Tuple[str, float]:
     """Whether ``other`` reads above or below ``base`` (non-empty values over seeds), and by how much.
 
     Returns ``(verdict, mean(other) - mean(base))`` with verdict ``"higher"`` or ``"lower"``
     when the means differ by more than :data:`SPREAD_FACTOR` times the larger sample std of
-    the two sides (at least :data:`SPREAD_FLOOR`), ``"within spread"`` otherwise, and
-    ``"one seed"`` when either side has a single value (no spread to judge against). With two
-    or three seeds a side this is a screen, not a significance test.
+    the two sides (at least ``floor``, in the values' unit: :data:`SPREAD_FLOOR` for
+    accuracies), ``"within spread"`` otherwise, and ``"one seed"`` when either side has a
+    single value (no spread to judge against). With two or three seeds a side this is a
+    screen, not a significance test.
     """
     (mb, sb), (mo, so) = mean_std(base), mean_std(other)
     diff = mo - mb
     if len(base) < 2 or len(other) < 2:
         return "one seed", diff
-    if abs(diff) > SPREAD_FACTOR * max(sb, so, SPREAD_FLOOR):
+    if abs(diff) > SPREAD_FACTOR * max(sb, so, floor):
         return ("higher" if diff > 0 else "lower"), diff
     return "within spread", diff
 
