@@ -1,5 +1,6 @@
 """The memorisation view: its numbers are the records' numbers, for any curves."""
 import os
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +15,9 @@ from convnorm.experiments.memorisation_report import (
 )
 
 
-def record(method, rate, seed, test, fitted, final_full=None, wall_time_s=900.0):
+def record(method, rate, seed, test, fitted, final_full=None, wall_time_s=900.0, milestones=(20, 35), schedule="step"):
     cfg = dict(dataset="cifar10", model="resnet18", model_options={"widths": [16, 32, 64, 128]}, epochs=len(test),
-               batch_size=32, lr=0.1, schedule="step", milestones=[20, 35], weight_decay=1e-4, augment=False,
+               batch_size=32, lr=0.1, schedule=schedule, milestones=list(milestones), weight_decay=1e-4, augment=False,
                train_fraction=0.2, noise="symmetric" if rate else "none", noise_rate=rate, method=method, seed=seed)
     epochs = [dict(epoch=i + 1, test_acc=t, memorized_noisy=(f if rate else None)) for i, (t, f) in
               enumerate(zip(test, fitted))]
@@ -221,24 +222,49 @@ def test_epoch_fitted_names_the_runs_that_never_cross(tmp_path):
     assert "| 2.5 ± 0.7 (1 never) | 3 |" in text
 
 
-def _crossing_at(epoch, epochs=10):
-    """Noisy-label fit per epoch that first exceeds the threshold at ``epoch`` (None: never)."""
-    return [0.9 if epoch is not None and i + 1 >= epoch else 0.1 for i in range(epochs)]
+def test_fit_before_step_is_the_last_epoch_at_the_first_learning_rate():
+    fitted = [0.1, 0.3, 0.8, 0.9]
+    assert run_summary(record("bn", 0.4, 0, [0.3] * 4, fitted, milestones=(2, 3)))["fit_before_step"] == 0.3
+    assert run_summary(record("bn", 0.4, 0, [0.3] * 4, fitted, milestones=(4,)))["fit_before_step"] == 0.9
+    # No step inside the run, no step schedule, or no noisy labels: nothing to read.
+    assert run_summary(record("bn", 0.4, 0, [0.3] * 4, fitted, milestones=(5,)))["fit_before_step"] is None
+    assert run_summary(record("bn", 0.4, 0, [0.3] * 4, fitted, milestones=(2,), schedule="cosine"))[
+        "fit_before_step"] is None
+    assert run_summary(record("bn", 0.0, 0, [0.3] * 4, fitted, milestones=(2,)))["fit_before_step"] is None
+
+
+def _fits(crossing, before=0.1, epochs=10, step=6):
+    """Noisy-label fit per epoch that first exceeds the threshold at ``crossing`` (None: never),
+    with ``before`` fitted in epoch ``step`` if it has not crossed by then."""
+    return [0.9 if crossing is not None and i >= crossing else before if i == step else 0.1
+            for i in range(1, epochs + 1)]
 
 
 def test_how_soon_reading_judges_the_fit_epoch_against_bn_per_seed(tmp_path):
-    crossings = {"bn": (8, 8, 8), "convnorm+bn": (8, 9, 8), "convnorm-paper": (3, 4, 3), "sn": (5, None, None)}
-    runs = [record(m, 0.4, seed, [0.4] * 10, _crossing_at(epoch))
+    crossings = {"bn": (8, 8, 8), "convnorm+bn": (10, 10, 10), "convnorm-paper": (3, 4, 3), "sn": (5, None, None),
+                 "oni": (4, 4, None)}
+    before = (0.30, 0.32, 0.34)
+    runs = [record(m, 0.4, seed, [0.4] * 10, _fits(epoch, before[seed]), milestones=(6, 8))
             for m, epochs in crossings.items() for seed, epoch in enumerate(epochs)]
-    runs += [record(m, 0.0, 0, [0.5] * 10, [0.0] * 10) for m in crossings]  # clean labels: no fit epoch
-    runs += [record("bn", 0.8, 0, [0.2] * 10, _crossing_at(None)), record("sn", 0.8, 0, [0.2] * 10, _crossing_at(2))]
+    runs += [record(m, 0.0, 0, [0.5] * 10, [0.0] * 10, milestones=(6, 8)) for m in crossings]  # no fit epoch
+    runs += [record("bn", 0.8, 0, [0.2] * 10, _fits(None), milestones=(6, 8)),
+             record("sn", 0.8, 0, [0.2] * 10, _fits(2), milestones=(6, 8))]
     folder = tmp_path / "results"
     paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
     text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
-    soon = text.split("How soon (generated)")[1].split("\n\n")[1]
-    # Three seeds apart by 4.67 epochs read sooner; a third of an epoch is under the one-epoch floor.
-    assert soon.splitlines() == [
-        "- sym 40%: convnorm+bn: within spread (+0.3 epochs: 8.3 against 8.0, 3 seeds); convnorm-paper: sooner "
-        "(-4.7 epochs: 3.3 against 8.0, 3 seeds); sn: one seed (-3.0 epochs: 5.0 against 8.0, 1 seed; 2 left out, "
-        "a run never crossed).",
-        "- sym 80%: sn: no seed on which both crossed."]
+    sym40, sym80 = text.split("How soon (generated)")[1].split("\n\n")[1].splitlines()
+    methods = "|".join(re.escape(m) for m in crossings)
+    parts = dict(part.split(": ", 1) for part in re.split(f"; (?=(?:{methods}): )", sym40[len("- sym 40%: "):-1]))
+    # Two epochs later on identical seeds is within the one-epoch floor's bound (2 x 1 epoch).
+    assert parts["convnorm+bn"] == ("epoch fitted > 50% within spread (+2.0 epochs: 10.0 against 8.0, 3 seeds), "
+                                    "fitted in epoch 6 within spread (+0.00 points: 32.00 against 32.00)")
+    assert parts["convnorm-paper"] == ("epoch fitted > 50% sooner (-4.7 epochs: 3.3 against 8.0, 3 seeds), "
+                                       "fitted in epoch 6 higher (+58.00 points: 90.00 against 32.00)")
+    # Seeds on which only BN crossed are the method crossing later: counted, and they turn a
+    # "sooner" on the other seeds into "mixed".
+    assert parts["sn"].startswith("epoch fitted > 50% one seed (-3.0 epochs: 5.0 against 8.0, 1 seed; only BN "
+                                  "crossed on 2, only sn on 0), fitted in epoch 6 ")
+    assert parts["oni"].startswith("epoch fitted > 50% mixed (-4.0 epochs: 4.0 against 8.0, 2 seeds; only BN "
+                                   "crossed on 1, only oni on 0)")
+    assert sym80 == ("- sym 80%: sn: epoch fitted > 50% not judged (no seed on which both crossed; only BN crossed "
+                     "on 0, only sn on 1), fitted in epoch 6 one seed (+80.00 points: 90.00 against 10.00).")

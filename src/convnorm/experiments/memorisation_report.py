@@ -22,7 +22,8 @@ records alone:
   first as it stands and then net of each method's lead over BN on clean labels (the
   difference of the two leads, per seed), since a lead that shows on clean labels too is not
   robustness to noise; and how soon each method memorises against BN (the epoch it first fits
-  more than :data:`FIT_MEMORISED` of its noisy labels, judged with a floor of one epoch).
+  more than :data:`FIT_MEMORISED` of its noisy labels, and the labels it has fitted when the
+  learning rate first steps down).
 """
 from __future__ import annotations
 
@@ -40,13 +41,17 @@ from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _condition
 from convnorm.experiments.stats import noise_sort_key as _condition_key
 
-__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "is_memorisation_folder", "run_summary", "memorisation_section",
+__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "FIT_EPOCH_FLOOR", "is_memorisation_folder", "run_summary", "memorisation_section",
            "setting_text"]
 
 #: A run memorises when it ends fitting more than this fraction of its noisy training labels
 FIT_MEMORISED = 0.5
 #: ... and its final test accuracy is at least this far (a fraction) below its best.
 DROP_MEMORISED = 0.05
+#: The least seed spread (epochs) a difference in the epoch of crossing FIT_MEMORISED is judged
+#: against: the measure counts whole epochs.
+FIT_EPOCH_FLOOR = 1.0
+
 
 def is_memorisation_folder(path: str) -> bool:
     """Records in a folder named ``memorisation-*`` (at any depth) belong to this view."""
@@ -60,17 +65,23 @@ def run_summary(record: Dict[str, Any]) -> Dict[str, Optional[float]]:
     every epoch); ``drop = best - final``; ``final_full``: the last epoch on the whole test set;
     ``fit``: noisy training labels fitted in the last epoch (None for clean labels); ``best_epoch``;
     ``fit_epoch``: the first epoch (1-based) in which more than :data:`FIT_MEMORISED` of the noisy
-    labels were fitted (None for clean labels, or if no epoch does): how soon a run memorises.
-    Both count a noisy label as fitted when the training-mode network predicts it as its batch
-    trains (the record's ``memorized_noisy``), not in a separate pass at the epoch's end.
+    labels were fitted (None for clean labels, or if no epoch does): how soon a run memorises;
+    ``fit_before_step``: the noisy labels fitted in the last epoch at the first learning rate of
+    a step schedule (epoch ``milestones[0]``; None for clean labels, other schedules, or a run
+    that ends before it). All count a noisy label as fitted when the training-mode network
+    predicts it as its batch trains (the record's ``memorized_noisy``), not in a separate pass
+    at the epoch's end.
     """
-    rows = record["epochs"]
+    rows, cfg = record["epochs"], record["config"]
     accs = [row["test_acc"] for row in rows]
     best = max(accs)
     fit_epoch = next((float(i + 1) for i, row in enumerate(rows)
                       if row.get("memorized_noisy") is not None and row["memorized_noisy"] > FIT_MEMORISED), None)
+    step = cfg["milestones"][0] if cfg.get("schedule") == "step" and cfg.get("milestones") else None
+    fit_before_step = rows[step - 1].get("memorized_noisy") if step is not None and 0 < step <= len(rows) else None
     return dict(best=best, final=accs[-1], drop=best - accs[-1], final_full=record["final_test_acc"],
-                fit=rows[-1].get("memorized_noisy"), best_epoch=float(accs.index(best) + 1), fit_epoch=fit_epoch)
+                fit=rows[-1].get("memorized_noisy"), best_epoch=float(accs.index(best) + 1), fit_epoch=fit_epoch,
+                fit_before_step=fit_before_step)
 
 
 def _memorises(s: Dict[str, Optional[float]]) -> bool:
@@ -172,7 +183,7 @@ def _reading(runs: List[Dict[str, Any]]) -> List[str]:
     if not conditions:
         out.append("No run with noisy labels is complete yet, so there is nothing to memorise.")
         return out + [""]
-    return out + [""] + _claim_reading(runs) + _fit_epoch_reading(runs, conditions)
+    return out + [""] + _claim_reading(runs) + _how_soon_reading(runs, conditions)
 
 
 def _seed_values(runs: List[Dict[str, Any]], method: str, cond: str, key: str) -> Dict[int, Tuple[float, float]]:
@@ -294,39 +305,71 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
     return out + [""]
 
 
-def _fit_epoch_reading(runs: List[Dict[str, Any]], conditions: Sequence[str]) -> List[str]:
-    """How soon each method memorises against BN: the epoch it first fits more than
-    :data:`FIT_MEMORISED` of its noisy labels, on the seeds where both runs crossed, judged
-    with :func:`judge_difference` at a floor of one epoch (the measure's resolution). The
-    paper's claim that ConvNorm holds on would show as a later epoch."""
+def _how_soon_reading(runs: List[Dict[str, Any]], conditions: Sequence[str]) -> List[str]:
+    """How soon each method memorises against BN, per noisy condition, on two measures.
+
+    * The epoch it first fits more than :data:`FIT_MEMORISED` of its noisy labels, on the seeds
+      where both runs crossed, judged with :func:`judge_difference` at a floor of
+      :data:`FIT_EPOCH_FLOOR` epochs. A seed on which only one run crossed is censored, not
+      dropped: it counts as that run's crossing sooner, and a verdict it contradicts reads
+      ``mixed``.
+    * The noisy labels fitted in the last epoch at the first learning rate of a step schedule
+      (``fit_before_step``), judged in points as the accuracies are. After the first step every
+      run fits its noisy labels fast, so the crossing epoch can hardly fall much later than the
+      step; this measure reads either way.
+    """
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
     lines = []
     for cond in conditions:
         parts = []
         for m in methods:
             pairs = [v for _, v in sorted(_seed_values(runs, m, cond, "fit_epoch").items())]
-            crossed = [(b, o) for b, o in pairs if b is not None and o is not None]
-            never = f"; {len(pairs) - len(crossed)} left out, a run never crossed" if len(crossed) < len(pairs) else ""
-            if not crossed:
-                if pairs:
-                    parts.append(f"{m}: no seed on which both crossed")
+            if not pairs:
                 continue
-            base, other = [b for b, _ in crossed], [o for _, o in crossed]
-            verdict, _ = judge_difference(base, other, floor=1.0)
-            verdict = {"higher": "later", "lower": "sooner"}.get(verdict, verdict)
-            paired_mean = mean_std([o - b for b, o in crossed])[0]
-            seeds = f"{len(crossed)} seed{'s' * (len(crossed) > 1)}"
-            parts.append(f"{m}: {verdict} ({paired_mean:+.1f} epochs: {mean_std(other)[0]:.1f} against "
-                         f"{mean_std(base)[0]:.1f}, {seeds}{never})")
+            judged = [_crossing_text(m, pairs)]
+            base, other = _paired_values(runs, m, cond, "fit_before_step")
+            if base and None not in base + other:
+                verdict, _ = judge_difference(base, other)
+                paired_mean = mean_std([o - b for b, o in zip(base, other)])[0]
+                epoch = runs[0]["config"]["milestones"][0]  # one setting per group of runs
+                judged.append(f"fitted in epoch {epoch} {verdict} ({_points(paired_mean)} points: "
+                              f"{mean_std(other)[0] * 100:.2f} against {mean_std(base)[0] * 100:.2f})")
+            parts.append(f"{m}: " + ", ".join(judged))
         if parts:
             lines.append(f"- {cond}: " + "; ".join(parts) + ".")
     if not lines:
         return []
-    return [f"How soon (generated): the first epoch in which a run fits more than {FIT_MEMORISED * 100:g}% of its "
-            "noisy labels, method minus BN, on the seeds both ran and both crossed. It reads sooner (later) when "
-            f"the two differ by more than {SPREAD_FACTOR:g} times the larger seed standard deviation (at least one "
-            "epoch, the measure's resolution); otherwise within the spread; not judged with one seed. The claim "
-            "that ConvNorm holds on where BN memorises would show as a later epoch.", ""] + lines + [""]
+    return [f"How soon (generated), method against BN on the seeds both ran: the first epoch in which a run fits "
+            f"more than {FIT_MEMORISED * 100:g}% of its noisy labels, method minus BN, on the seeds on which both "
+            f"crossed; it reads sooner (later) when the two differ by more than {SPREAD_FACTOR:g} times the larger "
+            f"seed standard deviation, taken as at least {FIT_EPOCH_FLOOR:g} epoch (the measure counts whole "
+            "epochs); otherwise within the spread; not judged with one seed. A seed on which only one of the two "
+            "crossed counts for that one crossing sooner, and a verdict it contradicts reads mixed. Then the noisy "
+            "labels fitted in the last epoch before the first learning-rate step, judged as the accuracies are (in "
+            "points). After that step every run fits its noisy labels fast, so the first measure can hardly read "
+            "later even for a method that holds on; the second can read either way. The claim that ConvNorm holds "
+            "on where BN memorises would show as a later epoch and fewer labels fitted before the step.", ""
+            ] + lines + [""]
+
+
+def _crossing_text(method: str, pairs: Sequence[Tuple[Optional[float], Optional[float]]]) -> str:
+    """The judged crossing epoch of ``method`` against BN from (BN's, method's) epoch per seed,
+    None where a run never crossed."""
+    crossed = [(b, o) for b, o in pairs if b is not None and o is not None]
+    only_bn = sum(b is not None and o is None for b, o in pairs)  # the method crossed later
+    only_method = sum(b is None and o is not None for b, o in pairs)  # the method crossed sooner
+    censored = "" if not only_bn + only_method else f"; only BN crossed on {only_bn}, only {method} on {only_method}"
+    if not crossed:
+        return f"epoch fitted > {FIT_MEMORISED * 100:g}% not judged (no seed on which both crossed{censored})"
+    base, other = [b for b, _ in crossed], [o for _, o in crossed]
+    verdict, _ = judge_difference(base, other, floor=FIT_EPOCH_FLOOR)
+    verdict = {"higher": "later", "lower": "sooner"}.get(verdict, verdict)
+    if (verdict == "sooner" and only_bn) or (verdict == "later" and only_method):
+        verdict = "mixed"
+    paired_mean = mean_std([o - b for b, o in crossed])[0]
+    seeds = f"{len(crossed)} seed{'s' * (len(crossed) > 1)}"
+    return (f"epoch fitted > {FIT_MEMORISED * 100:g}% {verdict} ({paired_mean:+.1f} epochs: {mean_std(other)[0]:.1f} "
+            f"against {mean_std(base)[0]:.1f}, {seeds}{censored})")
 
 
 def _curves(runs: List[Dict[str, Any]], path: str, title: str) -> Optional[str]:

@@ -62,7 +62,8 @@ def _label_noise_cifar10() -> List[TrainConfig]:
 #: block, and spectral norm.
 MEMORISATION_METHODS = ("bn", "convnorm+bn", "convnorm-paper", "sn")
 
-#: The methods whose 27 runs the study must have; sn is added where the budget allows.
+#: The methods whose 27 runs the study must have; the other runs of sn are added where the
+#: budget allows (its 40% runs come early, beside the other methods at that noise).
 MEMORISATION_REQUIRED = ("bn", "convnorm+bn", "convnorm-paper")
 
 
@@ -74,8 +75,8 @@ def _memorisation_cifar10() -> List[TrainConfig]:
     # them; STUDY_SPECTRA measures them as they finish), then bn and convnorm-paper at 40% noise
     # on the other seeds (their seed spread), then every other run at 40% noise, then bn and
     # convnorm-paper on clean labels on the other seeds (the control that tells a lead under
-    # noise from a lead on any labels), then the rest of the required methods, then the rest of
-    # sn (optional). Within each group the order stays seed-major.
+    # noise from a lead on any labels), then the remaining runs of the required methods, then the
+    # remaining sn runs (clean and 80% noise; optional). Within each group the order stays seed-major.
     settings = [dict(noise="none"), dict(noise="symmetric", noise_rate=0.4), dict(noise="symmetric", noise_rate=0.8)]
     configs = [preset("cpu-memorisation", method=m, seed=seed, **setting)
                for seed in (0, 1, 2) for setting in settings for m in MEMORISATION_METHODS]
