@@ -41,8 +41,8 @@ from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _condition
 from convnorm.experiments.stats import noise_sort_key as _condition_key
 
-__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "FIT_EPOCH_FLOOR", "is_memorisation_folder", "run_summary", "memorisation_section",
-           "setting_text"]
+__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "FIT_EPOCH_FLOOR", "is_memorisation_folder", "run_summary",
+           "memorisation_section", "setting_text"]
 
 #: A run memorises when it ends fitting more than this fraction of its noisy training labels
 FIT_MEMORISED = 0.5
@@ -319,6 +319,7 @@ def _how_soon_reading(runs: List[Dict[str, Any]], conditions: Sequence[str]) -> 
       step; this measure reads either way.
     """
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
+    step = (runs[0]["config"].get("milestones") or [None])[0]  # one setting per group of runs
     lines = []
     for cond in conditions:
         parts = []
@@ -331,8 +332,7 @@ def _how_soon_reading(runs: List[Dict[str, Any]], conditions: Sequence[str]) -> 
             if base and None not in base + other:
                 verdict, _ = judge_difference(base, other)
                 paired_mean = mean_std([o - b for b, o in zip(base, other)])[0]
-                epoch = runs[0]["config"]["milestones"][0]  # one setting per group of runs
-                judged.append(f"fitted in epoch {epoch} {verdict} ({_points(paired_mean)} points: "
+                judged.append(f"fitted in epoch {step} {verdict} ({_points(paired_mean)} points: "
                               f"{mean_std(other)[0] * 100:.2f} against {mean_std(base)[0] * 100:.2f})")
             parts.append(f"{m}: " + ", ".join(judged))
         if parts:
