@@ -58,7 +58,8 @@ def test_log_says_when_a_run_completes_whether_trained_now_or_before(tmp_path):
     train(config, stop_after_epoch=1, log=part.append, **kw)
     assert part and not any(line.startswith(done) for line in part)
     record = train(config, log=resumed.append, **kw)
-    assert resumed[-1] == f"{done}{record['final_test_acc']:.4f} (record {tmp_path / 'r' / run_name(config)}.json)"
+    assert resumed[-1] == (f"{done}{record['final_test_acc']:.4f}, best-validation test accuracy "
+                           f"{record['best_val_test_acc']:.4f} (record {tmp_path / 'r' / run_name(config)}.json)")
     train(config, log=again.append, **kw)
     assert again == resumed[-1:]
 

@@ -122,11 +122,7 @@ def _add_train(sub) -> None:
             "test_subset", "seed", "data_root")}
         if overrides["noise_rate"] and overrides["noise"] is None:
             overrides["noise"] = "symmetric"
-        record = train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints,
-                       device=args.device)
-        if record.get("status") == "complete":
-            print(f"{record['name']}: final test accuracy {record['final_test_acc'] * 100:.2f}%, "
-                  f"best-validation test accuracy {record['best_val_test_acc'] * 100:.2f}%")
+        train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
         return 0
 
     COMMANDS["train"] = run

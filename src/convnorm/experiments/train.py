@@ -449,7 +449,8 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
 
 def _log_complete(log, name: str, record: Dict[str, Any], record_path: str) -> None:
     if log:
-        log(f"{name}: complete, test accuracy {record['final_test_acc']:.4f} (record {record_path})")
+        log(f"{name}: complete, test accuracy {record['final_test_acc']:.4f}, best-validation test accuracy "
+            f"{record['best_val_test_acc']:.4f} (record {record_path})")
 
 
 def _checkpoint_config(config: TrainConfig, in_channels: int, num_classes: int) -> Dict[str, Any]:
