@@ -217,6 +217,15 @@ def _points(diff: float) -> str:
     return f"{round(diff * 100, 2) + 0.0:+.2f}"  # + 0.0 turns a rounded -0.00 into +0.00
 
 
+def _judge_paired(base: Sequence[float], other: Sequence[float],
+                  floor: float = SPREAD_FLOOR) -> Tuple[str, float]:
+    """The verdict of :func:`judge_difference` on (BN's, the method's) values per seed, and the
+    mean of the paired differences (method minus BN). The paired mean is what the difference
+    table prints; the difference of the two means can round the other way."""
+    verdict, _ = judge_difference(base, other, floor=floor)
+    return verdict, mean_std([o - b for b, o in zip(base, other)])[0]
+
+
 #: The two measures judged against BN, and which direction the paper's claim expects.
 _CLAIM_MEASURES = (("final_full", "final (all test)", "higher"), ("drop", "drop", "lower"))
 
@@ -239,10 +248,7 @@ def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_o
             judged = []
             for key, label, holds_on in _CLAIM_MEASURES:
                 base, other = pairs[key]
-                verdict, _ = judge_difference(base, other)
-                # The mean of the paired differences, computed as the difference table does, so
-                # the two print the same figure (the difference of means can round the other way).
-                paired_mean = mean_std([o - b for b, o in zip(base, other)])[0]
+                verdict, paired_mean = _judge_paired(base, other)
                 detail = "" if sides is None else (f": {_points(mean_std(other)[0])} {sides[0]}, "
                                                    f"{_points(mean_std(base)[0])} {sides[1]}")
                 judged.append(f"{label} {verdict} ({_points(paired_mean)}{detail})")
@@ -330,8 +336,7 @@ def _how_soon_reading(runs: List[Dict[str, Any]], conditions: Sequence[str]) -> 
             judged = [_crossing_text(m, pairs)]
             base, other = _paired_values(runs, m, cond, "fit_before_step")
             if base and None not in base + other:
-                verdict, _ = judge_difference(base, other)
-                paired_mean = mean_std([o - b for b, o in zip(base, other)])[0]
+                verdict, paired_mean = _judge_paired(base, other)
                 judged.append(f"fitted in epoch {step} {verdict} ({_points(paired_mean)} points: "
                               f"{mean_std(other)[0] * 100:.2f} against {mean_std(base)[0] * 100:.2f})")
             parts.append(f"{m}: " + ", ".join(judged))
@@ -362,11 +367,10 @@ def _crossing_text(method: str, pairs: Sequence[Tuple[Optional[float], Optional[
     if not crossed:
         return f"epoch fitted > {FIT_MEMORISED * 100:g}% not judged (no seed on which both crossed{censored})"
     base, other = [b for b, _ in crossed], [o for _, o in crossed]
-    verdict, _ = judge_difference(base, other, floor=FIT_EPOCH_FLOOR)
+    verdict, paired_mean = _judge_paired(base, other, floor=FIT_EPOCH_FLOOR)
     verdict = {"higher": "later", "lower": "sooner"}.get(verdict, verdict)
     if (verdict == "sooner" and only_bn) or (verdict == "later" and only_method):
         verdict = "mixed"
-    paired_mean = mean_std([o - b for b, o in crossed])[0]
     seeds = f"{len(crossed)} seed{'s' * (len(crossed) > 1)}"
     return (f"epoch fitted > {FIT_MEMORISED * 100:g}% {verdict} ({paired_mean:+.1f} epochs: {mean_std(other)[0]:.1f} "
             f"against {mean_std(base)[0]:.1f}, {seeds}{censored})")
