@@ -4,7 +4,7 @@ import statistics
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convnorm.experiments.stats import SPREAD_FACTOR, SPREAD_FLOOR, judge_difference
+from convnorm.experiments.stats import SPREAD_FACTOR, SPREAD_FLOOR, format_mean_std, judge_difference
 
 accuracies = st.lists(st.floats(0, 1), min_size=1, max_size=5)
 
@@ -42,3 +42,19 @@ def test_judge_difference_at_hand_picked_gaps():
     # identical seeds are within the spread, whatever the accuracy floor says.
     assert judge_difference([20.0, 20.0], [18.5, 18.5], floor=1.0)[0] == "within spread"
     assert judge_difference([20.0, 20.0], [17.5, 17.5], floor=1.0)[0] == "lower"
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.floats(0, 60), min_size=0, max_size=5), scale=st.sampled_from([1.0, 100.0]),
+       digits=st.integers(0, 3))
+def test_format_mean_std_prints_mean_and_sample_std_at_the_asked_decimals(values, scale, digits):
+    text = format_mean_std(values, scale=scale, digits=digits)
+    if not values:
+        assert text == "—"
+        return
+    numbers = text.split(" ± ")
+    assert len(numbers) == (1 if len(values) == 1 else 2)
+    expected = [statistics.fmean(values) * scale] + ([statistics.stdev(values) * scale] if len(values) > 1 else [])
+    for printed, exact in zip(numbers, expected):
+        assert len(printed.partition(".")[2]) == digits
+        assert abs(float(printed) - exact) <= 0.5 * 10 ** -digits + 1e-9 * max(1.0, abs(exact))

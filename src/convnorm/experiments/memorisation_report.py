@@ -127,8 +127,7 @@ def _summary_table(runs: List[Dict[str, Any]], part: int) -> List[str]:
 def _fit_epoch_text(epochs: Sequence[Optional[float]]) -> str:
     """Mean ± std of the epochs that crossed the fit threshold; runs that never did are named."""
     crossed = [e for e in epochs if e is not None]
-    mean, std = mean_std(crossed) if crossed else (math.nan, math.nan)
-    text = "never" if not crossed else f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+    text = format_mean_std(crossed, scale=1.0, digits=1) if crossed else "never"
     missing = len(epochs) - len(crossed)
     return text if not missing or not crossed else f"{text} ({missing} never)"
 

@@ -58,12 +58,13 @@ def judge_difference(base: Sequence[float], other: Sequence[float],
     return "within spread", diff
 
 
-def format_mean_std(values: Sequence[float], scale: float = 100.0) -> str:
-    """``"84.12 ± 0.31"`` (in percent by default), or ``"84.12"`` for one value; ``"—"`` for none."""
+def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``"84.12 ± 0.31"`` (in percent by default, ``digits`` decimals), or ``"84.12"`` for one
+    value; ``"—"`` for none."""
     if not values:
         return "—"
     mean, std = mean_std(values)
-    return f"{mean * scale:.2f}" if math.isnan(std) else f"{mean * scale:.2f} ± {std * scale:.2f}"
+    return f"{mean * scale:.{digits}f}" + ("" if math.isnan(std) else f" ± {std * scale:.{digits}f}")
 
 
 def method_key(method: str) -> Tuple[int, str]:
