@@ -138,6 +138,23 @@ def test_claim_is_tallied_for_convnorm_methods_under_noise_only(tmp_path):
             "convnorm+bn drop at sym 40%; 2 comparison(s) are within the spread or have one seed.") in text
 
 
+def test_a_smaller_drop_from_a_lower_best_is_marked(tmp_path):
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, 0.02)):
+        runs.append(record("bn", 0.8, seed, [0.50 + shift, 0.35 + shift], [0.3, 0.9]))
+        # convnorm-paper falls 10 points where BN falls 15, but from a best 10 points lower.
+        runs.append(record("convnorm-paper", 0.8, seed, [0.40 + shift, 0.30 + shift], [0.3, 0.9]))
+        # convnorm+bn falls 7 points from the same best as BN: a smaller drop, unmarked.
+        runs.append(record("convnorm+bn", 0.8, seed, [0.50 + shift, 0.43 + shift], [0.3, 0.9]))
+    folder = tmp_path / "results"
+    paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
+    text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
+    assert ("- sym 80%: convnorm+bn: final (all test) higher (+8.00), drop lower (-8.00); convnorm-paper: final "
+            "(all test) lower (-5.00), drop lower (-5.00), from a lower best (-10.00).") in text
+    assert ("side with it for convnorm+bn final (all test) at sym 80%, convnorm+bn drop at sym 80%, convnorm-paper "
+            "drop at sym 80% (from a lower best) and against it for convnorm-paper final (all test) at sym 80%.") in text
+
+
 def test_no_claim_reading_without_a_method_beside_bn(tmp_path):
     folder = tmp_path / "results"
     paths = [(str(folder / "memorisation-x" / f"r{s}.json"), record("bn", 0.4, s, [0.4, 0.3], [0.2, 0.9]))

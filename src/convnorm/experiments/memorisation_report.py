@@ -234,7 +234,9 @@ def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_o
     """One line per condition judging every non-BN method on :data:`_CLAIM_MEASURES` with
     :func:`judge_difference` on ``pairs_of(method, cond, key) -> (base, other)``; and the
     comparisons of the ConvNorm methods under noise that side with the claim, go against it,
-    and the number left undecided. With ``sides`` (names of the other and the base side), each
+    and the number left undecided. A smaller drop whose best is also lower than BN's (judged the
+    same way on ``best``) is marked "from a lower best": the method fell less because it rose
+    less, which the claim does not predict. With ``sides`` (names of the other and the base side), each
     figure is followed by the two means it is the difference of, and each method by its seeds."""
     methods = [m for m in sorted({r["config"]["method"] for r in runs}, key=_method_key) if m != "bn"]
     lines, agree, against, undecided = [], [], [], 0
@@ -250,10 +252,15 @@ def _judged_lines(runs: List[Dict[str, Any]], conditions: Sequence[str], pairs_o
                 verdict, paired_mean = _judge_paired(base, other)
                 detail = "" if sides is None else (f": {_points(mean_std(other)[0])} {sides[0]}, "
                                                    f"{_points(mean_std(base)[0])} {sides[1]}")
-                judged.append(f"{label} {verdict} ({_points(paired_mean)}{detail})")
+                text, mark = f"{label} {verdict} ({_points(paired_mean)}{detail})", ""
+                if key == "drop" and verdict == "lower":
+                    best_verdict, best_mean = _judge_paired(*pairs_of(m, cond, "best"))
+                    if best_verdict == "lower":
+                        text, mark = f"{text}, from a lower best ({_points(best_mean)})", " (from a lower best)"
+                judged.append(text)
                 if m in CONVNORM_METHODS and cond != "clean":
                     if verdict in ("higher", "lower"):
-                        (agree if verdict == holds_on else against).append(f"{m} {label} at {cond}")
+                        (agree if verdict == holds_on else against).append(f"{m} {label} at {cond}{mark}")
                     else:
                         undecided += 1
             seeds = "" if sides is None else f" ({len(pairs['drop'][0])} seed{'s' * (len(pairs['drop'][0]) > 1)})"
@@ -289,7 +296,9 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
     out = [f"Against BN (generated), on the seeds both ran (the pairs of the difference table): a method's mean "
            f"reads higher or lower than BN's when the two differ by more than {SPREAD_FACTOR:g} times the larger "
            f"seed standard deviation (at least {SPREAD_FLOOR * 100:g} points); otherwise within the spread; not "
-           "judged with one seed. Differences in points.", ""] + lines
+           "judged with one seed. Differences in points. A lower drop is marked \"from a lower best\" when the "
+           "method's best accuracy is also lower than BN's by the same rule: it fell less because it rose less.",
+           ""] + lines
     claim = ("The paper claims ConvNorm holds on where BN memorises: under label noise its final accuracy stays "
              "higher and falls less from its best.")
     out += _tally(claim, agree, against, undecided)
