@@ -146,13 +146,19 @@ def test_a_smaller_drop_from_a_lower_best_is_marked(tmp_path):
         runs.append(record("convnorm-paper", 0.8, seed, [0.40 + shift, 0.30 + shift], [0.3, 0.9]))
         # convnorm+bn falls 7 points from the same best as BN: a smaller drop, unmarked.
         runs.append(record("convnorm+bn", 0.8, seed, [0.50 + shift, 0.43 + shift], [0.3, 0.9]))
+        # On clean labels convnorm-paper is level with BN: net of that, its best under noise is lower too.
+        runs.append(record("bn", 0.0, seed, [0.60 + shift, 0.60 + shift], [0, 0]))
+        runs.append(record("convnorm-paper", 0.0, seed, [0.60 + shift, 0.60 + shift], [0, 0]))
     folder = tmp_path / "results"
     paths = [(str(folder / "memorisation-x" / f"r{i}.json"), r) for i, r in enumerate(runs)]
     text = "\n".join(memorisation_section(paths, str(folder), str(folder / "figures")))
     assert ("- sym 80%: convnorm+bn: final (all test) higher (+8.00), drop lower (-8.00); convnorm-paper: final "
             "(all test) lower (-5.00), drop lower (-5.00), from a lower best (-10.00).") in text
     assert ("side with it for convnorm+bn final (all test) at sym 80%, convnorm+bn drop at sym 80%, convnorm-paper "
-            "drop at sym 80% (from a lower best) and against it for convnorm-paper final (all test) at sym 80%.") in text
+            "drop at sym 80% (from a lower best) and against it for convnorm-paper final (all test) at sym 80%") in text
+    net = text.split("Net of the clean-label lead (generated)")[1]
+    assert ("convnorm-paper (3 seeds): final (all test) lower (-5.00: -5.00 under noise, +0.00 on clean labels), "
+            "drop lower (-5.00: -5.00 under noise, +0.00 on clean labels), from a lower best (-10.00).") in net
 
 
 def test_no_claim_reading_without_a_method_beside_bn(tmp_path):

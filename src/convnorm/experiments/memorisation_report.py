@@ -314,7 +314,9 @@ def _claim_reading(runs: List[Dict[str, Any]]) -> List[str]:
                 f"labels by more than {SPREAD_FACTOR:g} times the larger seed standard deviation of the two leads "
                 f"(at least {SPREAD_FLOOR * 100:g} points); otherwise within the spread; not judged with one seed. "
                 "Each figure is the lead under noise minus the lead on clean labels, followed by the two mean leads, "
-                "in points.", ""] + net
+                "in points. A lower drop is marked \"from a lower best\" when the lead in best accuracy under noise "
+                "also falls short of the lead on clean labels by the same rule (the figure is that shortfall).",
+                ""] + net
         out += _tally("The same claim, net of the clean-label lead.", agree, against, undecided)
     return out + [""]
 
