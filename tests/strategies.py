@@ -54,7 +54,8 @@ def conv_configs(draw, dims=st.sampled_from([1, 2, 3]), modes=st.sampled_from(MO
 
 
 def fourier_applies(cfg) -> bool:
-    """Whether ``algorithm='fourier'`` takes a drawn geometry (it refuses some; see conv_norm)."""
+    """Whether ``algorithm='fourier'`` takes a drawn geometry: it needs a kernel with more than
+    one tap along every spatial dim (see conv_norm)."""
     from convnorm.functional import _plan, _side_padding
 
     plan = _plan(cfg["size"], cfg["kernel"], cfg["stride"], _side_padding(cfg["padding"], cfg["kernel"], cfg["dilation"]),

@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convnorm import autotune
+from convnorm.dft import fourier_conv_norm
+
 __all__ = [
     "PADDING_MODES",
     "ALGORITHMS",
@@ -304,9 +307,7 @@ def _plan(
                 start = pad_left - pl
                 output_index.append(slice(start, start + (out_size[m] - 1) * stride[m] + 1, stride[m]))
     shift = tuple(padding[m][0] for m in range(n))
-    fourier_ok = len(active) == n and all(
-        (out_size[m] - 1) * stride[m] < grid[m] for m in range(n)
-    )
+    fourier_ok = len(active) == n
     return _Plan(
         stride=tuple(stride),
         shift=shift,
@@ -432,68 +433,39 @@ def _tap_phases(plan: _Plan, kernel: Sequence[int], dilation: Sequence[int], dev
     return table
 
 
-def _spectral_weight(
-    weight: Tensor, spectrum: Tensor, plan: _Plan, dilation: Sequence[int], groups: int
-) -> Tensor:
-    """Ŵ_ij(ω) = v̂_i(ω) conj(â_ij(ω)) e^{-2πi ω·shift/N} as real and imaginary parts.
+def _kernel_spectrum(weight: Tensor, plan: _Plan, dilation: Sequence[int], groups: int) -> Tensor:
+    """conj(â_ij(ω)) e^{-2πi ω·shift/N} as real and imaginary parts.
 
-    Returns ``(2, F * groups, C_in/g, C_out/g)``: per frequency (and group) the matrix
-    that maps the input's spectrum to the normalized output's spectrum (before the output
-    selection). One real GEMM over the taps builds it.
+    Returns ``(2, F * groups, C_in/g, C_out/g)``: per one-sided frequency (and group) the
+    matrix that maps the input's spectrum to the conv output's spectrum on the grid of
+    ``plan`` (before the output selection). One real GEMM over the taps builds it in this
+    layout; only the (small) weight is permuted.
     """
     c_out, c_in_g = weight.shape[:2]
+    c_out_g = c_out // groups
     real = _working_dtype(weight.dtype)
     table = _tap_phases(plan, weight.shape[2:], dilation, weight.device).to(real)  # (K, 2, F)
     taps, _, n_freq = table.shape
-    w = weight.to(real).reshape(c_out * c_in_g, taps) @ table.reshape(taps, 2 * n_freq)
-    w = w.reshape(c_out, c_in_g, 2, n_freq) * spectrum.to(real).reshape(c_out, 1, 1, n_freq)
-    c_out_g = c_out // groups
-    w = w.reshape(groups, c_out_g, c_in_g, 2, n_freq).permute(3, 4, 0, 2, 1)
-    return w.reshape(2, n_freq * groups, c_in_g, c_out_g).contiguous()
+    taps_first = weight.to(real).reshape(groups, c_out_g, c_in_g, taps).permute(3, 0, 2, 1)
+    kernel = table.reshape(taps, 2 * n_freq).T @ taps_first.reshape(taps, -1)
+    return kernel.reshape(2, n_freq * groups, c_in_g, c_out_g)
 
 
-def _fourier_conv_norm(x: Tensor, spectral_weight: Tensor, plan: _Plan, groups: int) -> Tensor:
-    """The normalized conv computed in the Fourier domain: S irfftn(Ŵ x̂).
+def _frequency_major(spectrum: Tensor, groups: int) -> Tensor:
+    """v̂ in the plan layout ``(C_out, *F)`` -> ``(F * groups, 1, C_out/g)``."""
+    c_out = spectrum.shape[0]
+    v = spectrum.reshape(groups, c_out // groups, -1).permute(2, 0, 1)
+    return v.reshape(-1, 1, c_out // groups)
 
-    Exact (up to float rounding) like the spatial algorithm, but the convolution becomes
-    one small complex matrix product per frequency (as real GEMMs), and a stride s that
-    divides the grid folds the spectrum (aliasing) so the inverse transform runs on the
-    subsampled grid.
-    """
-    n = len(plan.grid)
-    dims = tuple(range(2, 2 + n))
-    real = _working_dtype(x.dtype)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        xf = torch.fft.rfftn(x.to(real), s=plan.grid, dim=dims)  # (B, C_in, *F)
-        b, c_in = xf.shape[:2]
-        freq_shape = xf.shape[2:]
-        n_freq = math.prod(freq_shape)
-        c_in_g = c_in // groups
-        # (B, C_in, F) complex -> (F * g, [re; im] x B, C_in/g) real
-        xr = torch.view_as_real(xf).reshape(b, groups, c_in_g, n_freq, 2)
-        xr = xr.permute(3, 1, 4, 0, 2).reshape(n_freq * groups, 2 * b, c_in_g).contiguous()
-        w_re, w_im = spectral_weight.to(real).unbind(0)
-        p, q = torch.bmm(xr, w_re), torch.bmm(xr, w_im)  # (F g, 2B, C_out/g)
-        y_re = p[:, :b] - q[:, b:]
-        y_im = q[:, :b] + p[:, b:]
-        c_out_g = y_re.shape[-1]
-        y = torch.stack([y_re, y_im], dim=-1).reshape(n_freq, groups, b, c_out_g, 2)
-        y = y.permute(2, 1, 3, 0, 4).reshape(b, groups * c_out_g, *freq_shape, 2)
-        spec = torch.view_as_complex(y)
-        # Subsample along the full-spectrum dims by folding aliases, then invert them.
-        for m in range(n - 1):
-            d, size, s = 2 + m, plan.grid[m], plan.stride[m]
-            if s > 1 and size % s == 0:
-                spec = spec.unflatten(d, (s, size // s)).mean(dim=d)
-                spec = torch.fft.ifft(spec, dim=d)
-            else:
-                spec = torch.fft.ifft(spec, dim=d)
-                if s > 1:
-                    spec = spec[(slice(None),) * d + (slice(None, None, s),)]
-            spec = spec.narrow(d, 0, plan.out_size[m])
-        out = torch.fft.irfft(spec, n=plan.grid[-1], dim=dims[-1])
-        last = (slice(0, (plan.out_size[-1] - 1) * plan.stride[-1] + 1, plan.stride[-1]),)
-        return out[(Ellipsis,) + last]
+
+def _spectral_weight(
+    weight: Tensor, spectrum: Tensor, plan: _Plan, dilation: Sequence[int], groups: int
+) -> Tensor:
+    """Ŵ_ij(ω) = v̂_i(ω) conj(â_ij(ω)) e^{-2πi ω·shift/N}: the kernel spectrum with v̂ folded
+    in, ``(2, F * groups, C_in/g, C_out/g)``; what eval caches, and what carries the
+    gradient to v̂ when ``preconditioner_grad`` is on."""
+    kernel = _kernel_spectrum(weight, plan, dilation, groups)
+    return kernel * _frequency_major(spectrum.to(kernel.dtype), groups)
 
 
 def _apply_spectrum(c: Tensor, spectrum: Tensor, plan: _Plan) -> Tensor:
@@ -553,11 +525,13 @@ def conv_norm(
         affine_bias: optional ``(C_out,)``, the affine kernel's bias.
         algorithm: how to compute the same operator. ``'spatial'``: the conv on the
             normalization grid, then ``irfftn(v̂ · rfftn(·))``. ``'fourier'``: the whole
-            layer in the Fourier domain, one complex matrix product per frequency with
-            ``v̂`` folded into the kernel spectrum and the stride folded into the spectrum
-            (needs a kernel with more than one tap along every dim; a 1x1 kernel is a
-            folded weight normalization under every algorithm). ``'auto'`` (default)
-            is currently ``'spatial'``, the faster one in this project's CPU benchmarks.
+            layer as products with small DFT matrices (:mod:`convnorm.dft`): one complex
+            matrix product per frequency with the kernel spectrum, v̂ on the output
+            spectrum, and an inverse DFT evaluated only at the output positions, so a
+            strided layer never forms its stride-1 output (needs a kernel with more than
+            one tap along every dim; a 1x1 kernel is a folded weight normalization under
+            every algorithm). ``'auto'`` (default): the faster of the two for this input
+            shape, device and thread count, timed on first use (:mod:`convnorm.autotune`).
             See ``docs/performance.md``.
 
     The result is ``affine(P c) + affine_bias + bias`` where ``c`` is the conv output
@@ -615,19 +589,59 @@ ALGORITHMS = ("auto", "spatial", "fourier")
 
 
 def _use_fourier(algorithm: str, plan: _Plan) -> bool:
+    """Whether a resolved ``algorithm`` ('spatial' or 'fourier') runs the Fourier path."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if algorithm != "fourier" or not plan.active:
-        # 'auto' is the spatial algorithm: it measured faster on CPU for every ResNet-18
-        # layer shape (benchmarks/README.md); the Fourier one is unmeasured on GPUs yet.
         return False
     if not plan.fourier_ok:
         raise ValueError(
-            "algorithm='fourier' needs a kernel with more than one tap along every spatial dim "
-            "and, for padding_mode='circular', an output that does not wrap around the input; "
+            "algorithm='fourier' needs a kernel with more than one tap along every spatial dim; "
             "use 'auto' or 'spatial'"
         )
     return True
+
+
+def resolve_algorithm(
+    algorithm: str,
+    input: Tensor,
+    weight: Tensor,
+    plan: _Plan,
+    padding_mode: str,
+    dilation: Tuple[int, ...],
+    groups: int,
+    eps: float,
+) -> str:
+    """``'auto'`` -> the path :mod:`convnorm.autotune` measured fastest for this layer and
+    input (timed on first use); a pinned algorithm is returned as it is."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm != "auto":
+        return algorithm
+    if not plan.active or not plan.fourier_ok:
+        return "spatial"
+    needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+    key = (
+        tuple(input.shape), tuple(weight.shape), plan.grid, plan.stride, plan.out_size, plan.shift,
+        plan.prepad, plan.conv_padding, tuple(dilation), groups, padding_mode, input.dtype, weight.dtype,
+        str(input.device), torch.get_num_threads(), needs_grad,
+    )
+    x = input.detach().requires_grad_(input.requires_grad and needs_grad)
+    w = weight.detach().requires_grad_(weight.requires_grad and needs_grad)
+    with torch.no_grad():
+        # What a layer caches between forwards is not part of the timing.
+        spectrum = spectrum_for_plan(w, plan, dilation, eps, False)
+        cached_weight = None if needs_grad else _spectral_weight(w, spectrum, plan, dilation, groups)
+
+    def run(name: str):
+        def step() -> None:
+            out = _conv_norm_planned(x, w, None, plan, padding_mode, dilation, groups, eps, spectrum, False,
+                                     algorithm=name, spectral_weight=cached_weight)
+            if needs_grad:
+                out.sum().backward()
+        return step
+
+    return autotune.choose(key, {"spatial": run("spatial"), "fourier": run("fourier")}, input.device)
 
 
 def _conv_norm_planned(
@@ -652,17 +666,26 @@ def _conv_norm_planned(
     the Fourier algorithm, when it needs no gradient) from :func:`_spectral_weight`.
     """
     n = weight.dim() - 2
+    if algorithm == "auto":
+        algorithm = resolve_algorithm(algorithm, input, weight, plan, padding_mode, dilation, groups, eps)
     x = input
     if plan.prepad is not None:
         x = F.pad(x, plan.prepad, mode=padding_mode)
     out_bias = _sum_optional(bias, affine_bias)
 
     if _use_fourier(algorithm, plan):
+        scale = None
         if spectral_weight is None:
             if spectrum is None:
                 spectrum = spectrum_for_plan(weight, plan, dilation, eps, preconditioner_grad)
-            spectral_weight = _spectral_weight(weight, spectrum, plan, dilation, groups)
-        out = _fourier_conv_norm(x, spectral_weight, plan, groups)
+            if spectrum.requires_grad:
+                spectral_weight = _spectral_weight(weight, spectrum, plan, dilation, groups)
+            else:
+                # A constant v̂ scales the output spectrum, which is smaller than Ŵ when
+                # C_in exceeds the batch.
+                spectral_weight = _kernel_spectrum(weight, plan, dilation, groups)
+                scale = _frequency_major(spectrum, groups)
+        out = fourier_conv_norm(x, spectral_weight, plan.grid, plan.stride, plan.out_size, groups, scale)
         return _finish(out, input, n, affine_weight, out_bias)
 
     if plan.wrap_pad is not None:
@@ -700,6 +723,8 @@ def _finish(out: Tensor, input: Tensor, n: int, affine_weight: Optional[Tensor],
 def _affine(x: Tensor, affine_weight: Tensor) -> Tensor:
     """Depthwise correlation with 'same' zero padding (odd element on the right, as PyTorch)."""
     kernel = affine_weight.shape[2:]
+    if all(k == 1 for k in kernel):
+        return x * affine_weight.to(x.dtype).reshape((-1,) + (1,) * len(kernel))
     pads = tuple(p for k in reversed(kernel) for p in ((k - 1) // 2, k // 2))
     if any(pads):
         x = F.pad(x, pads)

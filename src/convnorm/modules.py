@@ -148,11 +148,14 @@ class _ConvNormNd:
             CF._side_padding(self.padding, self.kernel_size, self.dilation), self.dilation,
             self.padding_mode,
         )
+        algorithm = CF.resolve_algorithm(
+            self.algorithm, input, self.weight, plan, self.padding_mode, self.dilation, self.groups, self.eps
+        )
         spectrum = self._spectrum(plan)
         out = CF._conv_norm_planned(
             input, self.weight, self.bias, plan, self.padding_mode, self.dilation, self.groups,
             self.eps, spectrum, self.preconditioner_grad, self.affine_weight, self.affine_bias,
-            self.algorithm, self._spectral_weight(plan, spectrum),
+            algorithm, self._spectral_weight(plan, spectrum, algorithm),
         )
         if n in (2, 3):
             fmt = torch.channels_last if n == 2 else torch.channels_last_3d
@@ -198,9 +201,9 @@ class _ConvNormNd:
         self._spectrum_cache[key] = (stamp, spectrum)
         return spectrum
 
-    def _spectral_weight(self, plan, spectrum: Tensor) -> Optional[Tensor]:
+    def _spectral_weight(self, plan, spectrum: Tensor, algorithm: str) -> Optional[Tensor]:
         """The Fourier algorithm's per-frequency weight, cached when no gradient is needed."""
-        if not CF._use_fourier(self.algorithm, plan):
+        if not CF._use_fourier(algorithm, plan):
             return None
         if (torch.is_grad_enabled() and self.weight.requires_grad) or spectrum.requires_grad or _is_compiling():
             return None  # built inside the autograd graph by the functional

@@ -1,0 +1,257 @@
+"""The Fourier algorithm: a whole ConvNorm layer as real matrix products.
+
+The layer is linear in its input. With the input placed at the origin of the normalization
+grid ``N_1 x ... x N_n`` (see :mod:`convnorm.functional`), output position ``j`` of channel
+``i`` is
+
+    y_i[j] = (1/|N|) Σ_ω e^{+2πi ω·(s j)/N} Σ_k Ŵ_ki(ω) x̂_k(ω),     x̂_k = DFT_N(x_k)
+
+where ``Ŵ_ki(ω) = v̂_i(ω) conj(â_ik(ω)) e^{-2πi ω·shift/N}`` folds the preconditioner and
+the padding offset into the kernel spectrum (``functional._spectral_weight``). Every
+transform here is a product with a small dense DFT matrix instead of an FFT:
+
+* the forward DFT reads only the ``H`` input positions (the zero padding costs nothing);
+* the inverse DFT evaluates only the ``H_out`` output positions ``s j``: the crop, the
+  stride and the circular wrap are rows of that matrix, so a strided layer never forms its
+  stride-1 output;
+* complex numbers are pairs of reals, and each step's layout is chosen so that the pair
+  axis sits next to the axis being transformed: every step is one GEMM, with no copies
+  between layouts except the two permutes at the ends;
+* the backward pass is the same chain with transposed matrices (every step is a real
+  linear map), plus one batched product per frequency for the kernel spectrum's gradient.
+
+The matrices cost ``O(N²)`` per output position, so this wins on the small grids of
+ConvNets (``N`` up to a few dozen) and loses to FFTs on large ones; ``algorithm='auto'``
+measures which (:mod:`convnorm.autotune`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["fourier_conv_norm"]
+
+_Steps = Tuple[Tuple[Tensor, int], ...]
+
+
+def _angles(freqs: int, positions: Sequence[int], size: int, sign: float) -> Tensor:
+    """sign · 2π ω p / N for ω < freqs, reduced mod N in integers first: (freqs, len(p))."""
+    omega = torch.arange(freqs, dtype=torch.long)[:, None]
+    p = torch.as_tensor(list(positions), dtype=torch.long)[None, :]
+    return (sign * 2 * math.pi / size) * torch.remainder(omega * p, size).to(torch.float64)
+
+
+def _forward_r2c(size: int, grid: int) -> Tensor:
+    """Rows (re/im, ω) for ω <= N/2, columns the input positions: (2 F, H)."""
+    theta = _angles(grid // 2 + 1, range(size), grid, -1.0)
+    return torch.cat([theta.cos(), theta.sin()], dim=0)
+
+
+def _forward_c2c(size: int, grid: int) -> Tensor:
+    """Rows (re/im out, ω), columns (position, re/im in): (2 N, 2 H)."""
+    theta = _angles(grid, range(size), grid, -1.0)
+    c, s = theta.cos(), theta.sin()
+    top = torch.stack([c, -s], dim=-1).reshape(grid, 2 * size)  # re = Dr·re - Di·im
+    bottom = torch.stack([s, c], dim=-1).reshape(grid, 2 * size)  # im = Di·re + Dr·im
+    return torch.cat([top, bottom], dim=0)
+
+
+def _inverse_c2c(positions: Sequence[int], grid: int) -> Tensor:
+    """Rows (output position, re/im out), columns (re/im in, ω): (2 H_out, 2 N), with 1/N."""
+    theta = _angles(grid, positions, grid, 1.0).T  # (H_out, N)
+    c, s = theta.cos() / grid, theta.sin() / grid
+    re = torch.cat([c, -s], dim=1)
+    im = torch.cat([s, c], dim=1)
+    return torch.stack([re, im], dim=1).reshape(2 * len(positions), 2 * grid)
+
+
+def _inverse_c2r(positions: Sequence[int], grid: int) -> Tensor:
+    """Rows the output positions, columns (re/im, ω ≤ N/2): (H_out, 2 F).
+
+    A real signal's spectrum is Hermitian, so the terms ω and N - ω sum to twice the real
+    part: every one-sided frequency but 0 (and N/2 for even N) counts twice.
+    """
+    freqs = grid // 2 + 1
+    weight = torch.full((freqs,), 2.0, dtype=torch.float64)
+    weight[0] = 1.0
+    if grid % 2 == 0:
+        weight[-1] = 1.0
+    theta = _angles(freqs, positions, grid, 1.0).T  # (H_out, F)
+    return torch.cat([theta.cos() * weight, -theta.sin() * weight], dim=1) / grid
+
+
+_MATRIX_CACHE: Dict[tuple, Tuple[_Steps, _Steps]] = {}
+
+
+def _steps(in_size: Sequence[int], grid: Sequence[int], stride: Sequence[int], out_size: Sequence[int],
+           dtype: torch.dtype, device: torch.device) -> Tuple[_Steps, _Steps]:
+    """The forward-DFT and inverse-DFT steps: each a (matrix, leading batch count) pair.
+
+    A step maps a tensor viewed as ``(A, K, rest)`` to ``(A, R, rest)`` with the ``(R, K)``
+    matrix. Forward: r2c along the last dim, then c2c along the others from last to first;
+    the result is laid out ``(2, N_1, ..., F_n, rest)``. Inverse: c2c along the first dims,
+    then c2r along the last; the result is ``(H_out_1, ..., H_out_n, rest)``.
+    """
+    key = (tuple(in_size), tuple(grid), tuple(stride), tuple(out_size), dtype, str(device))
+    hit = _MATRIX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    n = len(grid)
+    forward: List[Tuple[Tensor, int]] = [(_forward_r2c(in_size[-1], grid[-1]), math.prod(in_size[:-1]))]
+    for m in reversed(range(n - 1)):
+        forward.append((_forward_c2c(in_size[m], grid[m]), math.prod(in_size[:m])))
+    positions = [[(stride[m] * j) % grid[m] for j in range(out_size[m])] for m in range(n)]
+    inverse: List[Tuple[Tensor, int]] = []
+    for m in range(n - 1):
+        inverse.append((_inverse_c2c(positions[m], grid[m]), math.prod(out_size[:m])))
+    inverse.append((_inverse_c2r(positions[-1], grid[-1]), math.prod(out_size[:-1])))
+    cast = lambda steps: tuple((mat.to(dtype=dtype, device=device).contiguous(), a) for mat, a in steps)
+    value = (cast(forward), cast(inverse))
+    if len(_MATRIX_CACHE) > 256:
+        _MATRIX_CACHE.clear()
+    _MATRIX_CACHE[key] = value
+    return value
+
+
+def _apply(steps: _Steps, t: Tensor) -> Tensor:
+    for mat, lead in steps:
+        t = torch.matmul(mat, t.reshape(lead, mat.shape[1], -1))
+    return t
+
+
+def _apply_transposed(steps: _Steps, t: Tensor) -> Tensor:
+    for mat, lead in reversed(steps):
+        t = torch.matmul(mat.T, t.reshape(lead, mat.shape[0], -1))
+    return t
+
+
+def _mix(x: Tensor, w: Tensor) -> Tensor:
+    """Y = X W per frequency and group, complex as (re, im) pairs.
+
+    x: (2, G, B, C_in/g); w: (2, G, C_in/g, C_out/g); returns (2, G, B, C_out/g).
+    """
+    xr, xi = x[0], x[1]
+    wr, wi = w[0], w[1]
+    y = x.new_empty(2, x.shape[1], x.shape[2], w.shape[3])
+    torch.bmm(xr, wr, out=y[0])
+    y[0].baddbmm_(xi, wi, alpha=-1)
+    torch.bmm(xr, wi, out=y[1])
+    y[1].baddbmm_(xi, wr)
+    return y
+
+
+def _columns_first(t: Tensor, n: int) -> Tensor:
+    """(B, C, *S) -> a (*S, B, C) view: a 2-D transpose, which BLAS reads without a copy."""
+    b, c = t.shape[:2]
+    return t.reshape(b * c, -1).t().reshape(*t.shape[2:], b * c)
+
+
+def _columns_last(t: Tensor, b: int, c: int) -> Tensor:
+    """(*S, B * C) -> contiguous (B, C, *S): one 2-D transpose (several times faster on
+    CPU than the same copy written as a 4-D permute)."""
+    spatial = t.shape[:-1]
+    return t.reshape(-1, b * c).t().contiguous().reshape(b, c, *spatial)
+
+
+def _group_major(t: Tensor, groups: int) -> Tensor:
+    """(2, F, B, C) -> (2, F * g, B, C/g): each group's channels as one matrix per frequency."""
+    two, f, b, c = t.shape
+    if groups == 1:
+        return t.reshape(two, f, b, c)
+    return t.reshape(two, f, b, groups, c // groups).transpose(2, 3).reshape(two, f * groups, b, c // groups)
+
+
+def _group_minor(t: Tensor, groups: int, n_freq: int) -> Tensor:
+    """Inverse of :func:`_group_major`: (2, F * g, B, C/g) -> (2, F, B, C)."""
+    two, fg, b, cg = t.shape
+    if groups == 1:
+        return t
+    return t.reshape(two, n_freq, groups, b, cg).transpose(2, 3).reshape(two, n_freq, b, groups * cg)
+
+
+class _FourierConvNorm(torch.autograd.Function):
+    """S·IDFT(v̂ · Â · DFT(x)) with a hand-written backward (the transposed chain)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, output_scale, groups: int, forward_steps: _Steps,
+                inverse_steps: _Steps, out_size: Tuple[int, ...]) -> Tensor:
+        b, c_in = x.shape[:2]
+        n = x.dim() - 2
+        c_out = kernel.shape[3] * groups
+        spec = _apply(forward_steps, _columns_first(x, n))  # (2, *F, B, C_in)
+        n_freq = spec.numel() // (2 * b * c_in)
+        spec = _group_major(spec.reshape(2, n_freq, b, c_in), groups)  # (2, F g, B, C_in/g)
+        out = _mix(spec, kernel)  # (2, F g, B, C_out/g)
+        if output_scale is not None:
+            out.mul_(output_scale)
+        out = _group_minor(out, groups, n_freq)
+        out = _apply(inverse_steps, out).reshape(*out_size, b * c_out)
+        ctx.save_for_backward(spec, kernel, output_scale)
+        ctx.meta = (groups, n_freq, forward_steps, inverse_steps, tuple(x.shape), out_size)
+        return _columns_last(out, b, c_out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        spec, kernel, output_scale = ctx.saved_tensors
+        groups, n_freq, forward_steps, inverse_steps, x_shape, out_size = ctx.meta
+        n = len(out_size)
+        b, c_in = x_shape[:2]
+        g = _apply_transposed(inverse_steps, _columns_first(grad, n))  # (2, *F, B, C_out)
+        g = _group_major(g.reshape(2, n_freq, b, -1), groups)
+        if output_scale is not None:
+            g = g * output_scale
+        gr, gi = g[0], g[1]
+        grad_x = grad_kernel = None
+        if ctx.needs_input_grad[1]:
+            xr, xi = spec[0].transpose(1, 2), spec[1].transpose(1, 2)
+            grad_kernel = torch.empty_like(kernel)
+            # dL/dWr = Xrᵀ Gr + Xiᵀ Gi,  dL/dWi = Xrᵀ Gi - Xiᵀ Gr   (per frequency)
+            torch.bmm(xr, gr, out=grad_kernel[0])
+            grad_kernel[0].baddbmm_(xi, gi)
+            torch.bmm(xr, gi, out=grad_kernel[1])
+            grad_kernel[1].baddbmm_(xi, gr, alpha=-1)
+        if ctx.needs_input_grad[0]:
+            wr, wi = kernel[0].transpose(1, 2), kernel[1].transpose(1, 2)
+            gx = torch.empty_like(spec)
+            # dL/dXr = Gr Wrᵀ + Gi Wiᵀ,  dL/dXi = Gi Wrᵀ - Gr Wiᵀ
+            torch.bmm(gr, wr, out=gx[0])
+            gx[0].baddbmm_(gi, wi)
+            torch.bmm(gi, wr, out=gx[1])
+            gx[1].baddbmm_(gr, wi, alpha=-1)
+            gx = _apply_transposed(forward_steps, _group_minor(gx, groups, n_freq))
+            grad_x = _columns_last(gx.reshape(*x_shape[2:], b * c_in), b, c_in)
+        return grad_x, grad_kernel, None, None, None, None, None
+
+
+def fourier_conv_norm(x: Tensor, kernel_spectrum: Tensor, grid: Sequence[int], stride: Sequence[int],
+                      out_size: Sequence[int], groups: int, output_scale: Optional[Tensor] = None) -> Tensor:
+    """The normalized conv (before affine and bias) by DFT matrices.
+
+    Args:
+        x: input ``(B, C_in, *H)``, already padded for reflect/replicate modes; it sits at
+            the origin of the grid.
+        kernel_spectrum: ``(2, F * groups, C_in/g, C_out/g)`` from
+            ``functional._kernel_spectrum`` (or ``_spectral_weight``, with v̂ folded in):
+            real and imaginary parts per one-sided frequency (row-major, last dim
+            one-sided) and group of the matrix that maps the input spectrum to the output
+            spectrum.
+        grid: the normalization grid ``(N_1, ..., N_n)``.
+        stride: output ``j`` is grid position ``(s j) mod N`` (the padding shift is in the
+            kernel spectrum).
+        out_size: ``(H_out_1, ..., H_out_n)``.
+        groups: conv groups.
+        output_scale: optional v̂ as ``(F * groups, 1, C_out/g)``, multiplied into the
+            output spectrum; treated as a constant (no gradient flows to it).
+
+    Returns:
+        ``(B, C_out, *out_size)`` in the working dtype of ``kernel_spectrum``.
+    """
+    dtype = kernel_spectrum.dtype
+    steps = _steps(x.shape[2:], grid, stride, out_size, dtype, x.device)
+    if output_scale is not None:
+        output_scale = output_scale.detach().to(dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _FourierConvNorm.apply(x.to(dtype), kernel_spectrum, output_scale, groups, *steps, tuple(out_size))
