@@ -28,10 +28,13 @@ def _fake_timer(monkeypatch, fast: str):
     monkeypatch.setattr(autotune, "_time_once", fake)
     original = autotune.choose
 
-    def tagging(key, candidates, device):
-        for name, run in candidates.items():
-            run.path = name
-        return original(key, candidates, device)
+    def tagging(key, names, candidates, device):
+        def tagged():
+            made = candidates()
+            for name, run in made.items():
+                run.path = name
+            return made
+        return original(key, names, tagged, device)
 
     monkeypatch.setattr(autotune, "choose", tagging)
     return timed

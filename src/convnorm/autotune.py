@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, Hashable, Mapping
+from typing import Callable, Dict, Hashable, Mapping, Sequence
 
 import torch
 
-__all__ = ["DEFAULT", "choose", "choices", "clear_cache", "is_enabled", "set_enabled", "set_choice"]
+__all__ = ["DEFAULT", "choose", "choices", "clear_cache", "is_enabled", "measurements", "set_enabled", "set_choice"]
 
 #: The path used when no measurement is made: the one that applies to every geometry.
 DEFAULT = "spatial"
@@ -31,6 +31,7 @@ DEFAULT = "spatial"
 _REPEATS = 3
 _enabled = True
 _choices: Dict[Hashable, str] = {}
+_measurements: Dict[Hashable, Dict[str, float]] = {}
 
 
 def set_enabled(enabled: bool) -> None:
@@ -47,11 +48,17 @@ def is_enabled() -> bool:
 def clear_cache() -> None:
     """Forget every choice made (for example after changing the thread count by hand)."""
     _choices.clear()
+    _measurements.clear()
 
 
 def choices() -> Dict[Hashable, str]:
     """A copy of the choices made so far: configuration key -> path name."""
     return dict(_choices)
+
+
+def measurements() -> Dict[Hashable, Dict[str, float]]:
+    """The timings behind the choices measured so far: key -> {path: median seconds}."""
+    return {key: dict(times) for key, times in _measurements.items()}
 
 
 def set_choice(key: Hashable, algorithm: str) -> None:
@@ -76,13 +83,16 @@ def _time_once(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def choose(key: Hashable, candidates: Mapping[str, Callable[[], None]], device: torch.device) -> str:
+def choose(key: Hashable, names: Sequence[str], candidates: Callable[[], Mapping[str, Callable[[], None]]],
+           device: torch.device) -> str:
     """The path for configuration ``key``: cached, measured now, or :data:`DEFAULT`.
 
     Args:
         key: everything the speed depends on (hashable).
-        candidates: path name -> a function running that path once on the layer's real
-            input (forward, and backward when training), with no effect on the model.
+        names: the paths that apply.
+        candidates: called only when a measurement is made: path name -> a function
+            running that path once on the layer's real input (forward, and backward when
+            training), with no effect on the model.
         device: where the candidates run (CUDA is synchronized around each run).
 
     Returns:
@@ -91,10 +101,11 @@ def choose(key: Hashable, candidates: Mapping[str, Callable[[], None]], device: 
     hit = _choices.get(key)
     if hit is not None:
         return hit
-    if len(candidates) == 1:
-        return next(iter(candidates))
+    if len(names) == 1:
+        return names[0]
     if not is_enabled() or _is_compiling():
-        return DEFAULT if DEFAULT in candidates else next(iter(candidates))
+        return DEFAULT if DEFAULT in names else names[0]
+    candidates = candidates()
     medians = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for name, run in candidates.items():
@@ -102,4 +113,5 @@ def choose(key: Hashable, candidates: Mapping[str, Callable[[], None]], device: 
             medians[name] = statistics.median(_time_once(run, device) for _ in range(_REPEATS))
     best = min(medians, key=medians.get)
     _choices[key] = best
+    _measurements[key] = medians
     return best

@@ -116,44 +116,79 @@ def _steps(in_size: Sequence[int], grid: Sequence[int], stride: Sequence[int], o
     return value
 
 
+def _product(mat: Tensor, t: Tensor, lead: int) -> Tensor:
+    """``mat @ t`` for ``t`` viewed as ``(lead, K, rest)``: one GEMM when ``lead`` is 1 (a
+    batch of one runs about half as fast on CPU BLAS), else a batched one."""
+    if lead == 1:
+        return torch.mm(mat, t.reshape(mat.shape[1], -1))
+    return torch.matmul(mat, t.reshape(lead, mat.shape[1], -1))
+
+
 def _apply(steps: _Steps, t: Tensor) -> Tensor:
     for mat, lead in steps:
-        t = torch.matmul(mat, t.reshape(lead, mat.shape[1], -1))
+        t = _product(mat, t, lead)
     return t
 
 
 def _apply_transposed(steps: _Steps, t: Tensor) -> Tensor:
     for mat, lead in reversed(steps):
-        t = torch.matmul(mat.T, t.reshape(lead, mat.shape[0], -1))
+        t = _product(mat.T, t, lead)
     return t
 
 
-def _mix(x: Tensor, w: Tensor) -> Tensor:
-    """Y = X W per frequency and group, complex as (re, im) pairs.
+def _mix_into(y: Tensor, x: Tensor, w: Tensor) -> None:
+    """y = X W per frequency and group, complex as (re, im) pairs, written into ``y``.
 
-    x: (2, G, B, C_in/g); w: (2, G, C_in/g, C_out/g); returns (2, G, B, C_out/g).
+    x: (2, G, B, C_in/g); w: (2, G, C_in/g, C_out/g); y: (2, G, B, C_out/g).
     """
-    xr, xi = x[0], x[1]
-    wr, wi = w[0], w[1]
-    y = x.new_empty(2, x.shape[1], x.shape[2], w.shape[3])
-    torch.bmm(xr, wr, out=y[0])
-    y[0].baddbmm_(xi, wi, alpha=-1)
-    torch.bmm(xr, wi, out=y[1])
-    y[1].baddbmm_(xi, wr)
-    return y
+    torch.bmm(x[0], w[0], out=y[0])
+    y[0].baddbmm_(x[1], w[1], alpha=-1)
+    torch.bmm(x[0], w[1], out=y[1])
+    y[1].baddbmm_(x[1], w[0])
+
+
+#: Bytes of kernel spectrum built at a time: a chunk of frequencies stays in cache between
+#: its build and its use, and no buffer reaches the size at which the allocator maps fresh
+#: pages on every call.
+_CHUNK_BYTES = 4 << 20
+
+
+def _chunks(n_freq: int, per_freq_bytes: int):
+    size = max(1, min(n_freq, _CHUNK_BYTES // max(1, per_freq_bytes)))
+    return [(f, min(f + size, n_freq)) for f in range(0, n_freq, size)]
 
 
 def _columns_first(t: Tensor, n: int) -> Tensor:
-    """(B, C, *S) -> a (*S, B, C) view: a 2-D transpose, which BLAS reads without a copy."""
+    """(B, C, *S) -> (*S, B * C), the layout the DFT products read.
+
+    For a contiguous tensor this is a 2-D transpose, which BLAS reads without a copy; a
+    channels-innermost tensor (channels_last) takes one cheap copy of whole channel rows.
+    """
     b, c = t.shape[:2]
-    return t.reshape(b * c, -1).t().reshape(*t.shape[2:], b * c)
+    if t.is_contiguous():
+        return t.reshape(b * c, -1).t().reshape(*t.shape[2:], b * c)
+    return t.permute(*range(2, 2 + n), 0, 1).contiguous().reshape(*t.shape[2:], b * c)
 
 
-def _columns_last(t: Tensor, b: int, c: int) -> Tensor:
-    """(*S, B * C) -> contiguous (B, C, *S): one 2-D transpose (several times faster on
-    CPU than the same copy written as a 4-D permute)."""
+def _channels_innermost(t: Tensor, b: int, c: int) -> Tensor:
+    """(*S, B * C) -> (B, C, *S) laid out channels innermost (``channels_last`` in 2-D).
+
+    A copy of whole channel rows; a contiguous (B, C, *S) result would need a full 2-D
+    transpose, several times slower on a CPU, and the depthwise affine kernel that follows
+    runs faster on this layout too.
+    """
     spatial = t.shape[:-1]
-    return t.reshape(-1, b * c).t().contiguous().reshape(b, c, *spatial)
+    n = len(spatial)
+    rows = t.reshape(-1, b, c).transpose(0, 1).contiguous()  # (B, prod(S), C)
+    return rows.reshape(b, *spatial, c).permute(0, n + 1, *range(1, n + 1))
+
+
+def _like(t: Tensor, b: int, c: int, contiguous: bool) -> Tensor:
+    """(*S, B * C) -> (B, C, *S), contiguous (a 2-D transpose) or channels innermost."""
+    if contiguous:
+        spatial = t.shape[:-1]
+        return t.reshape(-1, b * c).t().contiguous().reshape(b, c, *spatial)
+    return _channels_innermost(t, b, c)
 
 
 def _group_major(t: Tensor, groups: int) -> Tensor:
@@ -173,85 +208,129 @@ def _group_minor(t: Tensor, groups: int, n_freq: int) -> Tensor:
 
 
 class _FourierConvNorm(torch.autograd.Function):
-    """S·IDFT(v̂ · Â · DFT(x)) with a hand-written backward (the transposed chain)."""
+    """S·IDFT(v̂ · Â · DFT(x)) with a hand-written backward (the transposed chain).
+
+    The kernel spectrum comes either materialized (``table`` is None: ``kernel`` is
+    ``(2, F g, C_in/g, C_out/g)``) or as the taps-first weight ``(K, g C_in/g C_out/g)``
+    with the tap phase table ``(2, F, K)``; then it is built chunk by chunk of frequencies,
+    in forward and again in backward, and neither it nor its gradient is ever whole.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, output_scale, groups: int, forward_steps: _Steps,
-                inverse_steps: _Steps, out_size: Tuple[int, ...]) -> Tensor:
+    def forward(ctx, x: Tensor, kernel: Tensor, output_scale, table, groups: int, c_out: int,
+                forward_steps: _Steps, inverse_steps: _Steps, out_size: Tuple[int, ...]) -> Tensor:
         b, c_in = x.shape[:2]
         n = x.dim() - 2
-        c_out = kernel.shape[3] * groups
         spec = _apply(forward_steps, _columns_first(x, n))  # (2, *F, B, C_in)
         n_freq = spec.numel() // (2 * b * c_in)
         spec = _group_major(spec.reshape(2, n_freq, b, c_in), groups)  # (2, F g, B, C_in/g)
-        out = _mix(spec, kernel)  # (2, F g, B, C_out/g)
-        if output_scale is not None:
-            out.mul_(output_scale)
+        c_in_g, c_out_g = c_in // groups, c_out // groups
+        out = spec.new_empty(2, n_freq * groups, b, c_out_g)
+        for f0, f1 in _chunks(n_freq, 2 * groups * c_in_g * c_out_g * spec.element_size()):
+            rows = slice(f0 * groups, f1 * groups)
+            w = _kernel_chunk(kernel, table, f0, f1, groups, c_in_g, c_out_g)
+            _mix_into(out[:, rows], spec[:, rows], w)
+            if output_scale is not None:
+                out[:, rows].mul_(output_scale[rows])
         out = _group_minor(out, groups, n_freq)
         out = _apply(inverse_steps, out).reshape(*out_size, b * c_out)
-        ctx.save_for_backward(spec, kernel, output_scale)
-        ctx.meta = (groups, n_freq, forward_steps, inverse_steps, tuple(x.shape), out_size)
-        return _columns_last(out, b, c_out)
+        ctx.save_for_backward(spec, kernel, output_scale, table)
+        ctx.meta = (groups, n_freq, c_out, forward_steps, inverse_steps, tuple(x.shape), out_size,
+                    x.is_contiguous())
+        return _channels_innermost(out, b, c_out)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        spec, kernel, output_scale = ctx.saved_tensors
-        groups, n_freq, forward_steps, inverse_steps, x_shape, out_size = ctx.meta
+        spec, kernel, output_scale, table = ctx.saved_tensors
+        groups, n_freq, c_out, forward_steps, inverse_steps, x_shape, out_size, x_contiguous = ctx.meta
         n = len(out_size)
         b, c_in = x_shape[:2]
+        c_in_g, c_out_g = c_in // groups, c_out // groups
         g = _apply_transposed(inverse_steps, _columns_first(grad, n))  # (2, *F, B, C_out)
-        g = _group_major(g.reshape(2, n_freq, b, -1), groups)
-        if output_scale is not None:
-            g = g * output_scale
-        gr, gi = g[0], g[1]
-        grad_x = grad_kernel = None
-        if ctx.needs_input_grad[1]:
-            xr, xi = spec[0].transpose(1, 2), spec[1].transpose(1, 2)
-            grad_kernel = torch.empty_like(kernel)
-            # dL/dWr = Xrᵀ Gr + Xiᵀ Gi,  dL/dWi = Xrᵀ Gi - Xiᵀ Gr   (per frequency)
-            torch.bmm(xr, gr, out=grad_kernel[0])
-            grad_kernel[0].baddbmm_(xi, gi)
-            torch.bmm(xr, gi, out=grad_kernel[1])
-            grad_kernel[1].baddbmm_(xi, gr, alpha=-1)
-        if ctx.needs_input_grad[0]:
-            wr, wi = kernel[0].transpose(1, 2), kernel[1].transpose(1, 2)
-            gx = torch.empty_like(spec)
-            # dL/dXr = Gr Wrᵀ + Gi Wiᵀ,  dL/dXi = Gi Wrᵀ - Gr Wiᵀ
-            torch.bmm(gr, wr, out=gx[0])
-            gx[0].baddbmm_(gi, wi)
-            torch.bmm(gi, wr, out=gx[1])
-            gx[1].baddbmm_(gr, wi, alpha=-1)
+        g = _group_major(g.reshape(2, n_freq, b, c_out), groups)  # (2, F g, B, C_out/g)
+        want_x, want_kernel = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx = torch.empty_like(spec) if want_x else None
+        grad_kernel = torch.zeros_like(kernel) if want_kernel else None
+        for f0, f1 in _chunks(n_freq, 2 * groups * c_in_g * c_out_g * spec.element_size()):
+            rows = slice(f0 * groups, f1 * groups)
+            gc = g[:, rows]
+            if output_scale is not None:
+                gc = gc * output_scale[rows]
+            gr, gi = gc[0], gc[1]
+            if want_kernel:
+                xr, xi = spec[0, rows].transpose(1, 2), spec[1, rows].transpose(1, 2)
+                gw = gr.new_empty(2, gr.shape[0], c_in_g, c_out_g)
+                # dL/dWr = Xrᵀ Gr + Xiᵀ Gi,  dL/dWi = Xrᵀ Gi - Xiᵀ Gr   (per frequency)
+                torch.bmm(xr, gr, out=gw[0])
+                gw[0].baddbmm_(xi, gi)
+                torch.bmm(xr, gi, out=gw[1])
+                gw[1].baddbmm_(xi, gr, alpha=-1)
+                if table is None:
+                    grad_kernel[:, rows] = gw
+                else:
+                    phases = table[:, f0:f1].reshape(-1, table.shape[-1])  # (2 Fc, K)
+                    grad_kernel.addmm_(phases.T, gw.reshape(phases.shape[0], -1))
+            if want_x:
+                w = _kernel_chunk(kernel, table, f0, f1, groups, c_in_g, c_out_g)
+                wr, wi = w[0].transpose(1, 2), w[1].transpose(1, 2)
+                # dL/dXr = Gr Wrᵀ + Gi Wiᵀ,  dL/dXi = Gi Wrᵀ - Gr Wiᵀ
+                torch.bmm(gr, wr, out=gx[0, rows])
+                gx[0, rows].baddbmm_(gi, wi)
+                torch.bmm(gi, wr, out=gx[1, rows])
+                gx[1, rows].baddbmm_(gr, wi, alpha=-1)
+        grad_x = None
+        if want_x:
             gx = _apply_transposed(forward_steps, _group_minor(gx, groups, n_freq))
-            grad_x = _columns_last(gx.reshape(*x_shape[2:], b * c_in), b, c_in)
-        return grad_x, grad_kernel, None, None, None, None, None
+            # In the input's own layout: a gradient in another layout slows every
+            # elementwise backward upstream (ReLU, BatchNorm) several times over.
+            grad_x = _like(gx.reshape(*x_shape[2:], b * c_in), b, c_in, x_contiguous)
+        return grad_x, grad_kernel, None, None, None, None, None, None, None
 
 
-def fourier_conv_norm(x: Tensor, kernel_spectrum: Tensor, grid: Sequence[int], stride: Sequence[int],
-                      out_size: Sequence[int], groups: int, output_scale: Optional[Tensor] = None) -> Tensor:
+def _kernel_chunk(kernel: Tensor, table: Optional[Tensor], f0: int, f1: int, groups: int, c_in_g: int,
+                  c_out_g: int) -> Tensor:
+    """The kernel spectrum at frequencies [f0, f1): (2, (f1 - f0) g, C_in/g, C_out/g)."""
+    if table is None:
+        return kernel[:, f0 * groups:f1 * groups]
+    phases = table[:, f0:f1].reshape(-1, table.shape[-1])  # (2 Fc, K)
+    return (phases @ kernel).reshape(2, (f1 - f0) * groups, c_in_g, c_out_g)
+
+
+def fourier_conv_norm(x: Tensor, kernel: Tensor, grid: Sequence[int], stride: Sequence[int],
+                      out_size: Sequence[int], groups: int, c_out: int, output_scale: Optional[Tensor] = None,
+                      tap_phases: Optional[Tensor] = None) -> Tensor:
     """The normalized conv (before affine and bias) by DFT matrices.
 
     Args:
         x: input ``(B, C_in, *H)``, already padded for reflect/replicate modes; it sits at
             the origin of the grid.
-        kernel_spectrum: ``(2, F * groups, C_in/g, C_out/g)`` from
-            ``functional._kernel_spectrum`` (or ``_spectral_weight``, with v̂ folded in):
-            real and imaginary parts per one-sided frequency (row-major, last dim
-            one-sided) and group of the matrix that maps the input spectrum to the output
-            spectrum.
+        kernel: without ``tap_phases``, the kernel spectrum ``(2, F * groups, C_in/g,
+            C_out/g)``: real and imaginary parts per one-sided frequency (row-major, last
+            dim one-sided) and group of the matrix that maps the input spectrum to the
+            output spectrum (``functional._spectral_weight``, v̂ folded in, or
+            ``functional._kernel_spectrum``). With ``tap_phases``, the conv weight laid out
+            taps first, ``(K, groups * C_in/g * C_out/g)``: the spectrum is then built from
+            it a chunk of frequencies at a time.
         grid: the normalization grid ``(N_1, ..., N_n)``.
         stride: output ``j`` is grid position ``(s j) mod N`` (the padding shift is in the
             kernel spectrum).
         out_size: ``(H_out_1, ..., H_out_n)``.
         groups: conv groups.
+        c_out: output channels.
         output_scale: optional v̂ as ``(F * groups, 1, C_out/g)``, multiplied into the
             output spectrum; treated as a constant (no gradient flows to it).
+        tap_phases: optional ``(2, F, K)``: real and imaginary parts of the phase of every
+            tap at every frequency (``functional._tap_phases``).
 
     Returns:
-        ``(B, C_out, *out_size)`` in the working dtype of ``kernel_spectrum``.
+        ``(B, C_out, *out_size)`` in the working dtype of ``kernel``.
     """
-    dtype = kernel_spectrum.dtype
+    dtype = kernel.dtype
     steps = _steps(x.shape[2:], grid, stride, out_size, dtype, x.device)
     if output_scale is not None:
-        output_scale = output_scale.detach().to(dtype)
+        output_scale = output_scale.detach().to(dtype).contiguous()
+    if tap_phases is not None:
+        tap_phases = tap_phases.to(dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return _FourierConvNorm.apply(x.to(dtype), kernel_spectrum, output_scale, groups, *steps, tuple(out_size))
+        return _FourierConvNorm.apply(x.to(dtype), kernel, output_scale, tap_phases, groups, c_out, *steps,
+                                      tuple(out_size))

@@ -411,8 +411,8 @@ _TAP_PHASE_CACHE: dict = {}
 
 
 def _tap_phases(plan: _Plan, kernel: Sequence[int], dilation: Sequence[int], device) -> Tensor:
-    """Real table (taps, 2, F): cos and -sin of 2π ω·(shift - d t)/N for every tap t and
-    every frequency ω of the one-sided grid, i.e. the real and imaginary parts of
+    """Real table (2, F, taps): cos and -sin of 2π ω·(shift - d t)/N for every frequency ω
+    of the one-sided grid and every tap t, i.e. the real and imaginary parts of
     e^{-2πi ω·(shift - d t)/N}."""
     key = (plan.grid, plan.shift, tuple(kernel), tuple(dilation), str(device))
     table = _TAP_PHASE_CACHE.get(key)
@@ -422,15 +422,24 @@ def _tap_phases(plan: _Plan, kernel: Sequence[int], dilation: Sequence[int], dev
         for m in range(n):
             offsets = plan.shift[m] - torch.arange(kernel[m]) * dilation[m]
             pm = _phase_matrix(plan.grid[m], offsets, m == n - 1, "cpu")  # (F_m, k_m)
-            # Row-major over taps and frequencies, as the weight and rfftn lay them out.
-            phase = (phase[:, None, :, None] * pm.T[None, :, None, :]).reshape(
-                phase.shape[0] * kernel[m], phase.shape[1] * pm.shape[0]
+            # Row-major over frequencies and taps, as rfftn and the weight lay them out.
+            phase = (phase[:, None, :, None] * pm[None, :, None, :]).reshape(
+                phase.shape[0] * pm.shape[0], phase.shape[1] * kernel[m]
             )
-        table = torch.stack([phase.real, phase.imag], dim=1).to(device)
+        table = torch.stack([phase.real, phase.imag], dim=0).to(device)
         if len(_TAP_PHASE_CACHE) > 256:
             _TAP_PHASE_CACHE.clear()
         _TAP_PHASE_CACHE[key] = table
     return table
+
+
+def _taps_first(weight: Tensor, groups: int) -> Tensor:
+    """The weight as ``(K, g * C_in/g * C_out/g)``: the layout whose product with the tap
+    phases is the kernel spectrum in the Fourier path's layout."""
+    c_out, c_in_g = weight.shape[:2]
+    taps = math.prod(weight.shape[2:])
+    w = weight.to(_working_dtype(weight.dtype)).reshape(groups, c_out // groups, c_in_g, taps)
+    return w.permute(3, 0, 2, 1).reshape(taps, -1)
 
 
 def _kernel_spectrum(weight: Tensor, plan: _Plan, dilation: Sequence[int], groups: int) -> Tensor:
@@ -442,13 +451,9 @@ def _kernel_spectrum(weight: Tensor, plan: _Plan, dilation: Sequence[int], group
     layout; only the (small) weight is permuted.
     """
     c_out, c_in_g = weight.shape[:2]
-    c_out_g = c_out // groups
-    real = _working_dtype(weight.dtype)
-    table = _tap_phases(plan, weight.shape[2:], dilation, weight.device).to(real)  # (K, 2, F)
-    taps, _, n_freq = table.shape
-    taps_first = weight.to(real).reshape(groups, c_out_g, c_in_g, taps).permute(3, 0, 2, 1)
-    kernel = table.reshape(taps, 2 * n_freq).T @ taps_first.reshape(taps, -1)
-    return kernel.reshape(2, n_freq * groups, c_in_g, c_out_g)
+    table = _tap_phases(plan, weight.shape[2:], dilation, weight.device)  # (2, F, K)
+    kernel = table.to(_working_dtype(weight.dtype)).reshape(-1, table.shape[-1]) @ _taps_first(weight, groups)
+    return kernel.reshape(2, table.shape[1] * groups, c_in_g, c_out // groups)
 
 
 def _frequency_major(spectrum: Tensor, groups: int) -> Tensor:
@@ -626,22 +631,26 @@ def resolve_algorithm(
         plan.prepad, plan.conv_padding, tuple(dilation), groups, padding_mode, input.dtype, weight.dtype,
         str(input.device), torch.get_num_threads(), needs_grad,
     )
-    x = input.detach().requires_grad_(input.requires_grad and needs_grad)
-    w = weight.detach().requires_grad_(weight.requires_grad and needs_grad)
-    with torch.no_grad():
-        # What a layer caches between forwards is not part of the timing.
-        spectrum = spectrum_for_plan(w, plan, dilation, eps, False)
-        cached_weight = None if needs_grad else _spectral_weight(w, spectrum, plan, dilation, groups)
 
-    def run(name: str):
-        def step() -> None:
-            out = _conv_norm_planned(x, w, None, plan, padding_mode, dilation, groups, eps, spectrum, False,
-                                     algorithm=name, spectral_weight=cached_weight)
-            if needs_grad:
-                out.sum().backward()
-        return step
+    def candidates():
+        x = input.detach().requires_grad_(input.requires_grad and needs_grad)
+        w = weight.detach().requires_grad_(weight.requires_grad and needs_grad)
+        with torch.no_grad():
+            # What a layer caches between forwards is not part of the timing.
+            spectrum = spectrum_for_plan(w, plan, dilation, eps, False)
+            cached_weight = None if needs_grad else _spectral_weight(w, spectrum, plan, dilation, groups)
 
-    return autotune.choose(key, {"spatial": run("spatial"), "fourier": run("fourier")}, input.device)
+        def run(name: str):
+            def step() -> None:
+                out = _conv_norm_planned(x, w, None, plan, padding_mode, dilation, groups, eps, spectrum,
+                                         False, algorithm=name, spectral_weight=cached_weight)
+                if needs_grad:
+                    out.sum().backward()
+            return step
+
+        return {"spatial": run("spatial"), "fourier": run("fourier")}
+
+    return autotune.choose(key, ("spatial", "fourier"), candidates, input.device)
 
 
 def _conv_norm_planned(
@@ -674,19 +683,24 @@ def _conv_norm_planned(
     out_bias = _sum_optional(bias, affine_bias)
 
     if _use_fourier(algorithm, plan):
-        scale = None
+        scale = table = None
         if spectral_weight is None:
             if spectrum is None:
                 spectrum = spectrum_for_plan(weight, plan, dilation, eps, preconditioner_grad)
             if spectrum.requires_grad:
                 spectral_weight = _spectral_weight(weight, spectrum, plan, dilation, groups)
             else:
-                # A constant v̂ scales the output spectrum, which is smaller than Ŵ when
-                # C_in exceeds the batch.
-                spectral_weight = _kernel_spectrum(weight, plan, dilation, groups)
+                # A constant v̂ scales the output spectrum, and the kernel spectrum is built
+                # from the taps a chunk of frequencies at a time inside the product.
+                spectral_weight = _taps_first(weight, groups)
+                table = _tap_phases(plan, weight.shape[2:], dilation, weight.device)
                 scale = _frequency_major(spectrum, groups)
-        out = fourier_conv_norm(x, spectral_weight, plan.grid, plan.stride, plan.out_size, groups, scale)
-        return _finish(out, input, n, affine_weight, out_bias)
+        out = fourier_conv_norm(x, spectral_weight, plan.grid, plan.stride, plan.out_size, groups,
+                                weight.shape[0], scale, table)
+        # The path returns channels innermost; the affine kernel runs there (several times
+        # faster than on NCHW), then the result takes the input's memory format, as a conv's
+        # does, and its gradient comes back channels innermost.
+        return _Relayout.apply(_finish(out, input, n, affine_weight, out_bias), _memory_format(input))
 
     if plan.wrap_pad is not None:
         x = F.pad(x, plan.wrap_pad, mode="circular")
@@ -711,6 +725,33 @@ def _conv_norm_planned(
     return _finish(_apply_spectrum(c, spectrum, plan), input, n, affine_weight, out_bias)
 
 
+class _Relayout(torch.autograd.Function):
+    """``x.contiguous(memory_format)`` whose backward returns the gradient in x's layout
+    (``Tensor.contiguous`` passes it through in the downstream layout)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, memory_format: torch.memory_format) -> Tensor:
+        ctx.strides = x.stride()
+        return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if grad.stride() == ctx.strides:
+            return grad, None
+        out = torch.empty_strided(grad.shape, ctx.strides, dtype=grad.dtype, device=grad.device)
+        return out.copy_(grad), None
+
+
+def _memory_format(input: Tensor) -> torch.memory_format:
+    """channels_last(_3d) for an input in that layout, else contiguous."""
+    if not input.is_contiguous():
+        if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+            return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _finish(out: Tensor, input: Tensor, n: int, affine_weight: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
     """Affine kernel, then the summed biases; back to the input dtype."""
     if affine_weight is not None:
@@ -725,10 +766,12 @@ def _affine(x: Tensor, affine_weight: Tensor) -> Tensor:
     kernel = affine_weight.shape[2:]
     if all(k == 1 for k in kernel):
         return x * affine_weight.to(x.dtype).reshape((-1,) + (1,) * len(kernel))
+    conv = _CONV[len(kernel)]
+    if all(k % 2 == 1 for k in kernel):
+        # Symmetric 'same' padding: the conv pads by itself, without a padded copy.
+        return conv(x, affine_weight.to(x.dtype), None, 1, tuple((k - 1) // 2 for k in kernel), 1, x.shape[1])
     pads = tuple(p for k in reversed(kernel) for p in ((k - 1) // 2, k // 2))
-    if any(pads):
-        x = F.pad(x, pads)
-    return _CONV[len(kernel)](x, affine_weight.to(x.dtype), None, 1, 0, 1, x.shape[1])
+    return conv(F.pad(x, pads), affine_weight.to(x.dtype), None, 1, 0, 1, x.shape[1])
 
 
 def _sum_optional(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
