@@ -137,9 +137,17 @@ def gan_table(rec):
     return lines
 
 
+def _current(records):
+    """The records of the code as it is: those without a label (a label names an earlier
+    state, such as "before this change"), or all of them when every record has one."""
+    unlabeled = [r for r in records if not r.get("label")]
+    return unlabeled or records
+
+
 def targets_table(records):
     """Each target against the newest CPU record that measured it."""
-    cpu = [r for r in records if r.get("device_type", "cpu") == "cpu" and "layers" in r and not r["config"].get("quick")]
+    cpu = _current([r for r in records if r.get("device_type", "cpu") == "cpu" and "layers" in r
+                    and not r["config"].get("quick")])
     lines = ["| target | ratio ≤ | measured | met | record |", "|---|---|---|---|---|"]
     for what, section, variant, mode, threads, limit in TARGETS:
         match = dict(variant=variant, mode=mode) if threads is None else dict(variant=variant, mode=mode, threads=threads)
@@ -175,7 +183,7 @@ def study_cost_table(records):
             run = json.load(f)
         if run.get("status") == "complete":
             hours[run["config"]["method"]] += run.get("wall_time_s", 0.0) / 3600
-    cpu = [r for r in records if _rows(r, "study_network", threads=1) and not r["config"].get("quick")]
+    cpu = _current([r for r in records if _rows(r, "study_network", threads=1) and not r["config"].get("quick")])
     if not hours or not cpu:
         return []
     rec = max(cpu, key=lambda r: r["date"])
@@ -217,7 +225,9 @@ def render(records) -> str:
         out.append("The memorisation study's cost per method as measured, and re-estimated at the speed of "
                    "the newest record (BN's measured hours times the study network's train-step ratio).\n")
         out += cost + [""]
-    for rec in sorted(records, key=lambda r: r["date"], reverse=True):
+    # The current records first (newest first), then the labeled earlier states.
+    newest_first = sorted(records, key=lambda r: r["date"], reverse=True)
+    for rec in sorted(newest_first, key=lambda r: bool(r.get("label"))):
         if rec.get("benchmark") == "small-resnet-epoch-time":
             cfg = rec["config"]
             out.append(f"## Small ResNet training time per epoch — {rec['device']}\n")

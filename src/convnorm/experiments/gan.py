@@ -49,7 +49,8 @@ from torch import Tensor, nn
 
 from convnorm.experiments.models.sngan import ARCHS, D_NORMS, G_NORMS, build_sngan
 from convnorm.experiments.progress import progress_bar
-from convnorm.experiments.records import atomic_write_bytes, config_digest, config_identity, save_checkpoint, new_record, read_json, write_json
+from convnorm.experiments.records import atomic_write_bytes, config_digest, config_identity, new_record, save_checkpoint, write_json
+from convnorm.experiments.runs import Run, choose_device
 
 __all__ = ["GANConfig", "GAN_PRESETS", "gan_config_from_args", "run_name", "train_gan", "hinge_loss_discriminator",
            "hinge_loss_generator", "encode_png", "image_grid", "sample_diversity",
@@ -335,18 +336,15 @@ def train_gan(
     """
     config.validate()
     name = run_name(config)
-    record_path = os.path.join(out_dir, f"{name}.json")
-    state_path = os.path.join(checkpoint_dir, f"{name}.pt")
+    run = Run(name, config.identity(), out_dir, checkpoint_dir, HEADLINE)
+    record_path, state_path = run.record_path, run.checkpoint_path
     say = log or (lambda message: None)
-    if os.path.exists(record_path):
-        existing = read_json(record_path)
-        if existing.get("config") != config.identity():
-            raise ValueError(f"{record_path} holds a different config; remove it or change the output folder")
-        if existing.get("status") == "complete":
-            say(f"{name}: complete, FID {existing.get('final_fid')} (record {record_path})")
-            return existing
+    existing = run.finished_record(log)
+    if existing is not None:
+        say(f"{name}: {existing['status']}, FID {existing.get('final_fid')} (record {record_path})")
+        return existing
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = choose_device(device)
     wall0 = time.perf_counter()
     train_images = _training_images(config.dataset, config.data_root)
     if tuple(train_images.shape[1:]) != (3, 32, 32):
@@ -370,10 +368,8 @@ def train_gan(
                   fid_reference={"dataset": config.dataset, "split": "train",
                                  "samples": min(config.fid_reference_samples, len(train_images))})
     start, sums = 0, [0.0, 0.0, 0]  # d loss, g loss, steps since the last loss_curve entry
-    if os.path.exists(state_path):
-        state = torch.load(state_path, map_location=dev, weights_only=False)
-        if state["identity"] != config.identity():
-            raise ValueError(f"checkpoint {state_path} belongs to a different config")
+    state = run.load_checkpoint(dev, log, identity_of=lambda state: state["identity"])
+    if state is not None:
         g.load_state_dict(state["generator"])
         d.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
@@ -498,9 +494,14 @@ def train_gan(
             wall0 = time.perf_counter()
             checkpoint(done)
     bar.close()
-    if end == start and start < config.iterations:
+    if end == start:
+        # Nothing trained now: write the record of the checkpoint (complete if it is finished).
         checkpoint(start)
     return json.loads(json.dumps(record))
+
+
+#: The fields of a complete GAN record.
+HEADLINE = ("final_fid", "final_kid", "fid_curve", "loss_curve", "iterations_done")
 
 
 # -- published numbers ----------------------------------------------------------------------

@@ -71,7 +71,15 @@ from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import apply_method
 from convnorm.experiments.models import build_model
 from convnorm.experiments.progress import progress_bar
-from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, new_record, read_json, write_json
+from convnorm.experiments.records import (
+    config_digest,
+    config_from_preset,
+    config_identity,
+    new_record,
+    save_checkpoint,
+    write_json,
+)
+from convnorm.experiments.runs import Run, choose_device
 from convnorm.experiments.train import _epoch_generator, validate_common
 
 __all__ = [
@@ -326,21 +334,18 @@ def train_free_at(
     config.validate()
     say = log or (lambda *_: None)
     name = adv_run_name(config)
-    record_path = os.path.join(out_dir, f"{name}.json")
-    state_path = os.path.join(checkpoint_dir, f"{name}.pt")
-    if os.path.exists(record_path):
-        existing = read_json(record_path)
-        if existing.get("config") != config.identity():
-            raise ValueError(f"{record_path} holds a different config; remove it or change the output folder")
-        if existing.get("status") == "complete":
+    run = Run(name, config.identity(), out_dir, checkpoint_dir, HEADLINE)
+    record_path, state_path = run.record_path, run.checkpoint_path
+    existing = run.finished_record(log)
+    if existing is not None:
+        if existing["status"] == "complete":
             say(f"{name}: complete, clean {existing['clean_acc']:.4f} FGSM {existing['fgsm_acc']:.4f} "
                 f"PGD {existing['pgd_acc']:.4f} (record {record_path})")
-            return existing
-        if existing.get("status") == "diverged":
-            say(f"{name}: diverged at epoch {existing['epochs_done']} (record {record_path}); not resumed")
-            return existing
+        else:
+            say(f"{name}: diverged at epoch {existing.get('epochs_done')} (record {record_path}); not resumed")
+        return existing
 
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = choose_device(device)
     data = prepare_adv_data(config)
     in_channels = data.train_images.shape[1]
     torch.manual_seed(config.seed)
@@ -359,10 +364,8 @@ def train_free_at(
     record.update(name=name, status="running", data=data.info, epochs=[], wall_time_s=0.0, passes=passes,
                   sgd_steps=0, method_options=method.options)
     start_epoch = 0
-    if os.path.exists(state_path):
-        state = torch.load(state_path, map_location=dev, weights_only=False)
-        if state["config"]["identity"] != config.identity():
-            raise ValueError(f"checkpoint {state_path} belongs to a different config")
+    state = run.load_checkpoint(dev, log)
+    if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         carried = state["perturbation"].to(dev)
@@ -450,6 +453,10 @@ def train_free_at(
         f"{record['pgd_acc']:.4f}; gradient-masking checks {'passed' if record['checks_passed'] else 'FAILED'} "
         f"({eval_time:.1f} s)")
     return record
+
+
+#: The fields of a complete free-AT record.
+HEADLINE = ("clean_acc", "fgsm_acc", "pgd_acc", "evaluation", "epochs")
 
 
 def _checkpoint_config(config: AdvConfig, in_channels: int, num_classes: int, data: AdvData) -> Dict[str, Any]:

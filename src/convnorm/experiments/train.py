@@ -42,7 +42,15 @@ from convnorm.experiments.data import dataset_stats, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import MODELS, build_model
 from convnorm.experiments.progress import progress_bar
-from convnorm.experiments.records import config_digest, config_from_preset, config_identity, save_checkpoint, new_record, read_json, write_json
+from convnorm.experiments.records import (
+    config_digest,
+    config_from_preset,
+    config_identity,
+    new_record,
+    save_checkpoint,
+    write_json,
+)
+from convnorm.experiments.runs import Run, choose_device
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "run_name", "prepare_data"]
 
@@ -310,21 +318,20 @@ def train(
             dist.destroy_process_group()
 
 
+#: The fields of a complete training record.
+HEADLINE = ("final_test_acc", "best_val_acc", "best_val_epoch", "best_val_test_acc", "epochs")
+
+
 def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank, world):
     name = run_name(config)
-    record_path = os.path.join(out_dir, f"{name}.json")
-    state_path = os.path.join(checkpoint_dir, f"{name}.pt")
-    if os.path.exists(record_path):
-        existing = read_json(record_path)
-        if existing.get("config") != config.identity():
-            raise ValueError(f"{record_path} holds a different config; remove it or change the output folder")
-        if existing.get("status") == "complete":
-            _log_complete(log, name, existing, record_path)
-            return existing
+    run = Run(name, config.identity(), out_dir, checkpoint_dir, HEADLINE)
+    record_path, state_path = run.record_path, run.checkpoint_path
+    finished = run.finished_record(log)
+    if finished is not None:
+        _log_finished(log, name, finished, record_path)
+        return finished
 
-    if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = choose_device(device)
     data = prepare_data(config)
 
     torch.manual_seed(config.seed)
@@ -344,14 +351,15 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
     record.update(name=name, status="running", data=data.info, epochs=[], wall_time_s=0.0, world_size=world,
                   method_options=method.options)
     start_epoch, best_val = 0, -1.0
-    if os.path.exists(state_path):
-        state = torch.load(state_path, map_location=dev, weights_only=False)
-        if state["config"]["identity"] != config.identity():
-            raise ValueError(f"checkpoint {state_path} belongs to a different config")
+    state = run.load_checkpoint(dev, log)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_val = state["epoch"], state["best_val"]
         record.update(epochs=state["epochs"], wall_time_s=state["wall_time_s"])
+        if record["epochs"]:
+            # The headline numbers of the epochs done: a finished checkpoint completes the record.
+            _summarize(record, config)
         if log:
             log(f"{name}: resuming after epoch {start_epoch}/{config.epochs}")
 
@@ -440,15 +448,21 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
                 f"train {row['train_acc']:.4f}{mem} val {val_acc:.4f} test {test_acc:.4f} ({epoch_time:.1f} s)")
         if record["status"] == "diverged":
             break
-    if record["status"] == "complete":
-        _log_complete(log, name, record, record_path)
+    if rank == 0 and start_epoch >= end_epoch and record["epochs"]:
+        write_json(record_path, record)  # nothing trained now: the record of the checkpoint
+    if record["status"] in ("complete", "diverged"):
+        _log_finished(log, name, record, record_path)
     if world > 1:
         dist.barrier()
     return record
 
 
-def _log_complete(log, name: str, record: Dict[str, Any], record_path: str) -> None:
-    if log:
+def _log_finished(log, name: str, record: Dict[str, Any], record_path: str) -> None:
+    if not log:
+        return
+    if record["status"] == "diverged":
+        log(f"{name}: diverged at epoch {record.get('epochs_done')} (record {record_path}); not resumed")
+    else:
         log(f"{name}: complete, test accuracy {record['final_test_acc']:.4f}, best-validation test accuracy "
             f"{record['best_val_test_acc']:.4f} (record {record_path})")
 
