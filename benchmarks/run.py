@@ -299,11 +299,16 @@ def _no_grad(m, x):
     return step
 
 
-def bench_model(device, batch, repeats, warmup) -> List[dict]:
+def _cifar_batch(device, batch, lr):
+    """A CIFAR-shaped batch and a maker of SGD train steps on it."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    make_step = lambda m: _classifier_step(m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), x, y)
+    return x, lambda m: _classifier_step(m, torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9), x, y)
+
+
+def bench_model(device, batch, repeats, warmup) -> List[dict]:
+    x, make_step = _cifar_batch(device, batch, lr=0.01)
     rows = bench_network(device, model_variants(), x, make_step, "conv+bn", repeats, warmup,
                          fused=("convnorm+bn", "convnorm-paper"))
     for row in rows:
@@ -313,10 +318,7 @@ def bench_model(device, batch, repeats, warmup) -> List[dict]:
 
 def bench_study_network(device, batch, repeats, warmup) -> List[dict]:
     """The memorisation study's narrow ResNet-18, at one and two threads (CPU)."""
-    torch.manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    make_step = lambda m: _classifier_step(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), x, y)
+    x, make_step = _cifar_batch(device, batch, lr=0.1)
     threads = STUDY_THREADS if device.type == "cpu" else (torch.get_num_threads(),)
     previous = torch.get_num_threads()
     rows = []

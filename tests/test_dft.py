@@ -68,3 +68,21 @@ def test_fourier_and_spatial_agree_on_a_resnet_layer():
     b = CF.conv_norm(x, w, None, 2, 1, algorithm="fourier")
     assert a.shape == b.shape == (2, 16, 6, 6)
     assert (a - b).abs().max() < 1e-12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algorithm", ["spatial", "fourier"])
+def test_gpu_paths_match_the_cpu_paths(algorithm):
+    """CI has no GPU: this runs where one is present, and holds both paths to the CPU's."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 10, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    cpu = CF.conv_norm(x, w, None, 2, 1, 1, 2, algorithm=algorithm)
+    gy = torch.randn_like(cpu)
+    cpu_grads = torch.autograd.grad(cpu, (x, w), gy)
+    xc, wc = x.detach().cuda().requires_grad_(), w.detach().cuda().requires_grad_()
+    gpu = CF.conv_norm(xc, wc, None, 2, 1, 1, 2, algorithm=algorithm)
+    gpu_grads = torch.autograd.grad(gpu, (xc, wc), gy.cuda())
+    assert (gpu.cpu() - cpu).abs().max() < 1e-10
+    for a, b in zip(gpu_grads, cpu_grads):
+        assert (a.cpu() - b).abs().max() < 1e-10

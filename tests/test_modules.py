@@ -449,15 +449,16 @@ COMPILE_SCRIPT = """
 import torch
 from torch import nn
 from convnorm import ConvNorm2d
-torch.manual_seed(0)
-m = nn.Sequential(ConvNorm2d(3, 8, 3, padding=1), nn.ReLU(), ConvNorm2d(8, 8, 1, stride=2),
-                  ConvNorm2d(8, 4, 3, stride=2, padding=1, padding_mode="circular"))
-x = torch.randn(2, 3, 8, 8)
-expected = m(x)
-y = torch.compile(m)(x)
-assert torch.allclose(y, expected, atol=1e-5), (y - expected).abs().max()
-y.sum().backward()
-assert m[0].weight.grad is not None and m[3].weight.grad is not None
+for algorithm in ("spatial", "fourier"):
+    torch.manual_seed(0)
+    m = nn.Sequential(ConvNorm2d(3, 8, 3, padding=1, algorithm=algorithm), nn.ReLU(), ConvNorm2d(8, 8, 1, stride=2),
+                      ConvNorm2d(8, 4, 3, stride=2, padding=1, padding_mode="circular", algorithm=algorithm))
+    x = torch.randn(2, 3, 8, 8)
+    expected = m(x)
+    y = torch.compile(m)(x)
+    assert torch.allclose(y, expected, atol=1e-5), (algorithm, (y - expected).abs().max())
+    y.sum().backward()
+    assert m[0].weight.grad is not None and m[3].weight.grad is not None
 print("compiled ok")
 """
 
