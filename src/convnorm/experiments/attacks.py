@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_EPS_SWEEP", "NormalizedModel", "evaluate_robustness", "fgsm", "pgd"]
+__all__ = ["DEFAULT_EPS_SWEEP", "NormalizedModel", "accuracy", "correct_predictions", "evaluate_robustness", "fgsm", "pgd",
+           "pgd_correct", "unit_images"]
 
 #: The eps values (in [0, 1] pixel units) of the gradient-masking sweep: 0, 2, 4, 8, 16, 32, 64 / 255.
 DEFAULT_EPS_SWEEP: Tuple[float, ...] = tuple(k / 255 for k in (0, 2, 4, 8, 16, 32, 64))
@@ -146,28 +147,28 @@ def _pgd_sweep_step(eps: float, pgd_step: float, steps: int) -> float:
     return max(pgd_step, 2.5 * eps / max(steps, 1))
 
 
-def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def correct_predictions(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Per-sample correctness of ``model`` on ``(x, y)``, as a CPU bool tensor."""
     with torch.no_grad():
         return (model(x).argmax(1) == y).cpu()
 
 
-def _to_float(images_uint8: Tensor, device: torch.device) -> Tensor:
+def unit_images(images_uint8: Tensor, device: torch.device) -> Tensor:
     """uint8 images (0..255) as float images in [0, 1] on ``device``."""
     if images_uint8.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 (pixel values 0..255), got {images_uint8.dtype}")
     return images_uint8.to(device).float().div_(255)
 
 
-def _pgd_correct(model, images, labels, *, eps, step, steps, restarts, seed, batch_size, device) -> Tensor:
+def pgd_correct(model, images, labels, *, eps, step, steps, restarts, seed, batch_size, device) -> Tensor:
     """Per-sample correctness under PGD over the whole set; one generator for all batches."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(images), batch_size):
-        x = _to_float(images[start:start + batch_size], device)
+        x = unit_images(images[start:start + batch_size], device)
         y = labels[start:start + batch_size].to(device)
         adv = pgd(model, x, y, eps, step, steps, restarts, generator=gen)
-        out.append(_correct(model, adv, y))
+        out.append(correct_predictions(model, adv, y))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
@@ -234,23 +235,23 @@ def evaluate_robustness(
         n = len(labels)
         clean, under_fgsm = [], []
         for start in range(0, n, batch_size):
-            x = _to_float(images_uint8[start:start + batch_size], dev)
+            x = unit_images(images_uint8[start:start + batch_size], dev)
             y = labels[start:start + batch_size].to(dev)
-            clean.append(_correct(attacked, x, y))
-            under_fgsm.append(_correct(attacked, fgsm(attacked, x, y, eps), y))
+            clean.append(correct_predictions(attacked, x, y))
+            under_fgsm.append(correct_predictions(attacked, fgsm(attacked, x, y, eps), y))
         clean_c = torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool)
         fgsm_c = torch.cat(under_fgsm) if under_fgsm else torch.zeros(0, dtype=torch.bool)
-        pgd_c = _pgd_correct(attacked, images_uint8, labels, eps=eps, step=pgd_step, steps=pgd_steps,
+        pgd_c = pgd_correct(attacked, images_uint8, labels, eps=eps, step=pgd_step, steps=pgd_steps,
                              restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
 
         sweep = []
         m = n if sweep_samples is None else min(n, int(sweep_samples))
         for e in (eps_sweep or ()):
             step_e = _pgd_sweep_step(e, pgd_step, pgd_steps)
-            c = _pgd_correct(attacked, images_uint8[:m], labels[:m], eps=e, step=step_e, steps=pgd_steps,
+            c = pgd_correct(attacked, images_uint8[:m], labels[:m], eps=e, step=step_e, steps=pgd_steps,
                              restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
             sweep.append(dict(eps=float(e), eps_255=round(float(e) * 255, 6), step=float(step_e),
-                              acc=_mean(c)))
+                              acc=accuracy(c)))
     finally:
         model.train(was_training)
 
@@ -271,15 +272,15 @@ def evaluate_robustness(
     else:
         checks["sweep_reaches_zero"] = dict(passed=None, largest_eps=None, largest_eps_255=None,
                                             acc_at_largest_eps=None, threshold=zero_threshold)
-    pgd_acc, fgsm_acc = _mean(pgd_c), _mean(fgsm_c)
+    pgd_acc, fgsm_acc = accuracy(pgd_c), accuracy(fgsm_c)
     rate = violations / n if n else 0.0
     checks["pgd_not_weaker_than_fgsm"] = dict(
         passed=bool(pgd_acc <= fgsm_acc and rate <= violation_tolerance), pgd_acc=pgd_acc, fgsm_acc=fgsm_acc,
         violations=violations, violation_rate=rate, violation_tolerance=violation_tolerance)
     ran = [c["passed"] for c in checks.values() if c["passed"] is not None]
     return dict(
-        samples=n, clean_acc=_mean(clean_c), fgsm_acc=fgsm_acc, pgd_acc=pgd_acc,
-        fgsm_and_pgd_acc=_mean(fgsm_c & pgd_c),
+        samples=n, clean_acc=accuracy(clean_c), fgsm_acc=fgsm_acc, pgd_acc=pgd_acc,
+        fgsm_and_pgd_acc=accuracy(fgsm_c & pgd_c),
         attack=dict(norm="Linf", space="[0, 1] pixels, before normalization", eps=float(eps),
                     eps_255=round(float(eps) * 255, 6),
                     fgsm=dict(random_start=False),
@@ -291,6 +292,6 @@ def evaluate_robustness(
     )
 
 
-def _mean(correct: Tensor) -> float:
+def accuracy(correct: Tensor) -> float:
     """The fraction of true entries (an accuracy); NaN for no samples."""
     return float(correct.double().mean()) if correct.numel() else float("nan")

@@ -308,6 +308,10 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: The fields of a complete GAN record.
+HEADLINE = ("final_fid", "final_kid", "fid_curve", "loss_curve", "iterations_done")
+
+
 def train_gan(
     config: GANConfig,
     *,
@@ -498,10 +502,6 @@ def train_gan(
         # Nothing trained now: write the record of the checkpoint (complete if it is finished).
         checkpoint(start)
     return json.loads(json.dumps(record))
-
-
-#: The fields of a complete GAN record.
-HEADLINE = ("final_fid", "final_kid", "fid_curve", "loss_curve", "iterations_done")
 
 
 # -- published numbers ----------------------------------------------------------------------

@@ -57,10 +57,10 @@ from torch import Tensor, nn
 from convnorm.experiments.attacks import (
     DEFAULT_EPS_SWEEP,
     NormalizedModel,
-    _correct,
-    _mean,
-    _pgd_correct,
-    _to_float,
+    correct_predictions,
+    accuracy,
+    pgd_correct,
+    unit_images,
     evaluate_robustness,
     fgsm,
     pgd,
@@ -79,8 +79,8 @@ from convnorm.experiments.records import (
     save_checkpoint,
     write_json,
 )
-from convnorm.experiments.runs import Run, choose_device
-from convnorm.experiments.train import _epoch_generator, validate_common
+from convnorm.experiments.runs import Run, choose_device, epoch_generator, learning_rate, model_description
+from convnorm.experiments.train import validate_common
 
 __all__ = [
     "ADV_PRESETS", "AdvConfig", "DEFAULT_EPS_SWEEP", "NormalizedModel", "PUBLISHED_FREE_AT", "adv_preset",
@@ -249,10 +249,8 @@ def prepare_adv_data(config: AdvConfig) -> AdvData:
 
 def _learning_rate(config: AdvConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """lr at SGD step ``step`` (counting replays) of pass ``epoch`` (0-based)."""
-    if config.schedule == "step":
-        return config.lr * config.gamma ** sum(epoch >= m for m in config.pass_milestones())
-    progress = (epoch * steps_per_epoch + step) / (config.passes() * steps_per_epoch)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+    return learning_rate(config.lr, config.schedule, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+                         epochs=config.passes(), milestones=config.pass_milestones(), gamma=config.gamma)
 
 
 def _build(model: str, method: str, in_channels: int, num_classes: int, model_options: Dict[str, Any]):
@@ -301,6 +299,10 @@ def free_at_batch(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor, optimiz
         sums += torch.tensor([loss.item() * nb, float((logits.detach().argmax(1) == y).sum()), nb],
                              dtype=torch.float64)
     return sums
+
+
+#: The fields of a complete free-AT record.
+HEADLINE = ("clean_acc", "fgsm_acc", "pgd_acc", "evaluation", "epochs")
 
 
 def train_free_at(
@@ -383,7 +385,7 @@ def train_free_at(
     record["data"].update(eval_samples=n_eval, monitor_samples=monitor)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
-        gen = _epoch_generator(config.seed, epoch)
+        gen = epoch_generator(config.seed, epoch)
         order = torch.randperm(n, generator=gen)
         batches = [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
         steps_per_epoch = len(batches) * config.replays
@@ -408,15 +410,15 @@ def train_free_at(
         record["sgd_steps"] += steps_per_epoch
         train_time = time.perf_counter() - t0
         model.eval()
-        test_acc = _mean(torch.cat([_correct(model, _to_float(data.test_images[i:i + config.eval_batch_size], dev),
+        test_acc = accuracy(torch.cat([correct_predictions(model, unit_images(data.test_images[i:i + config.eval_batch_size], dev),
                                              data.test_labels[i:i + config.eval_batch_size].to(dev))
                                     for i in range(0, n_eval, config.eval_batch_size)]))
         monitor_acc = None
         if monitor and config.monitor_pgd_steps:
-            c = _pgd_correct(model, data.test_images[:monitor], data.test_labels[:monitor], eps=config.attack_eps,
+            c = pgd_correct(model, data.test_images[:monitor], data.test_labels[:monitor], eps=config.attack_eps,
                              step=config.eval_pgd_step, steps=config.monitor_pgd_steps, restarts=1,
                              seed=config.seed * 1_000_003 + epoch, batch_size=config.eval_batch_size, device=dev)
-            monitor_acc = _mean(c)
+            monitor_acc = accuracy(c)
         epoch_time = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, lr=lr, train_loss=float(sums[0] / sums[2]), train_adv_acc=float(sums[1] / sums[2]),
                    test_acc=test_acc, monitor_pgd_acc=monitor_acc, train_time_s=train_time, time_s=epoch_time)
@@ -425,7 +427,8 @@ def train_free_at(
         if not math.isfinite(row["train_loss"]):
             record["status"] = "diverged"
         record["epochs_done"] = len(record["epochs"])
-        save_checkpoint(state_path, {"config": _checkpoint_config(config, in_channels, data.num_classes, data),
+        save_checkpoint(state_path, {"config": model_description(config, in_channels, data.num_classes, dataset=config.dataset,
+                                                             mean=list(data.mean), std=list(data.std)),
                            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                            "perturbation": carried.cpu(), "epoch": epoch + 1, "epochs": record["epochs"],
                            "wall_time_s": record["wall_time_s"], "sgd_steps": record["sgd_steps"]})
@@ -453,16 +456,6 @@ def train_free_at(
         f"{record['pgd_acc']:.4f}; gradient-masking checks {'passed' if record['checks_passed'] else 'FAILED'} "
         f"({eval_time:.1f} s)")
     return record
-
-
-#: The fields of a complete free-AT record.
-HEADLINE = ("clean_acc", "fgsm_acc", "pgd_acc", "evaluation", "epochs")
-
-
-def _checkpoint_config(config: AdvConfig, in_channels: int, num_classes: int, data: AdvData) -> Dict[str, Any]:
-    return dict(model=config.model, method=config.method, in_channels=in_channels, num_classes=num_classes,
-                model_options=config.model_options, dataset=config.dataset, mean=list(data.mean),
-                std=list(data.std), identity=config.identity())
 
 
 # -- evaluating a saved model ---------------------------------------------------------------

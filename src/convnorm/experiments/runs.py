@@ -31,6 +31,7 @@ records of other runs are never touched. Two workers on one study never train th
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -39,9 +40,35 @@ import torch
 
 from convnorm.experiments.records import read_json, save_checkpoint, write_json
 
-__all__ = ["Run", "choose_device"]
+__all__ = ["Run", "choose_device", "epoch_generator", "learning_rate", "model_description"]
 
 Log = Optional[Callable[[str], None]]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle and augmentation, seeded by ``(seed, epoch)``: a
+    resumed run replays exactly the epochs an uninterrupted run would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+
+
+def learning_rate(base: float, schedule: str, *, epoch: int, step: int, steps_per_epoch: int, epochs: int,
+                  milestones: Sequence[int] = (), gamma: float = 0.1) -> float:
+    """The learning rate at ``step`` (0-based, within the epoch) of ``epoch`` (0-based).
+
+    ``schedule='step'``: ``base`` times ``gamma`` for every milestone epoch reached;
+    ``'cosine'``: half a cosine from ``base`` to 0 over ``epochs * steps_per_epoch`` steps.
+    """
+    if schedule == "step":
+        return base * gamma ** sum(epoch >= m for m in milestones)
+    progress = (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)
+    return 0.5 * base * (1 + math.cos(math.pi * progress))
+
+
+def model_description(config: Any, in_channels: int, num_classes: int, **extra: Any) -> Dict[str, Any]:
+    """What a checkpoint says about its model, enough to rebuild it without the config class:
+    model, method, channels, classes, model options, the config's identity, and ``extra``."""
+    return dict(model=config.model, method=config.method, in_channels=in_channels, num_classes=num_classes,
+                model_options=config.model_options, identity=config.identity(), **extra)
 
 
 def choose_device(device: Optional[str] = None) -> torch.device:

@@ -50,7 +50,7 @@ from convnorm.experiments.records import (
     save_checkpoint,
     write_json,
 )
-from convnorm.experiments.runs import Run, choose_device
+from convnorm.experiments.runs import Run, choose_device, epoch_generator, learning_rate, model_description
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "run_name", "prepare_data"]
 
@@ -247,15 +247,9 @@ def _all_sum(values: Tensor) -> Tensor:
 
 # -- training ---------------------------------------------------------------------------
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
-
-
 def _learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    if config.schedule == "step":
-        return config.lr * config.gamma ** sum(epoch >= m for m in config.milestones)
-    progress = (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+    return learning_rate(config.lr, config.schedule, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+                         epochs=config.epochs, milestones=config.milestones, gamma=config.gamma)
 
 
 def _batches(n: int, batch_size: int, order: Tensor, rank: int, world: int) -> List[Tensor]:
@@ -372,7 +366,7 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
     end_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
-        gen = _epoch_generator(config.seed, epoch)
+        gen = epoch_generator(config.seed, epoch)
         order = torch.randperm(n, generator=gen)
         batches = _batches(n, config.batch_size, order, rank, world)
         ddp_model.train()
@@ -435,9 +429,9 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
         if rank == 0:
             if improved:
                 save_checkpoint(os.path.join(checkpoint_dir, f"{name}.best.pt"),
-                      {"config": _checkpoint_config(config, in_channels, data.num_classes), "model": model.state_dict(),
+                      {"config": model_description(config, in_channels, data.num_classes), "model": model.state_dict(),
                        "epoch": epoch + 1})
-            save_checkpoint(state_path, {"config": _checkpoint_config(config, in_channels, data.num_classes),
+            save_checkpoint(state_path, {"config": model_description(config, in_channels, data.num_classes),
                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "epoch": epoch + 1, "best_val": best_val, "epochs": record["epochs"],
                                "wall_time_s": record["wall_time_s"]})
@@ -465,11 +459,6 @@ def _log_finished(log, name: str, record: Dict[str, Any], record_path: str) -> N
     else:
         log(f"{name}: complete, test accuracy {record['final_test_acc']:.4f}, best-validation test accuracy "
             f"{record['best_val_test_acc']:.4f} (record {record_path})")
-
-
-def _checkpoint_config(config: TrainConfig, in_channels: int, num_classes: int) -> Dict[str, Any]:
-    return dict(model=config.model, method=config.method, in_channels=in_channels, num_classes=num_classes,
-                model_options=config.model_options, identity=config.identity())
 
 
 def _summarize(record: Dict[str, Any], config: TrainConfig) -> None:
