@@ -9,7 +9,8 @@ from convnorm.experiments.cli import COMMANDS, build_parser, main
 
 
 def test_help_documents_every_subcommand(capsys):
-    out = subprocess.run([sys.executable, "-m", "convnorm", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "convnorm.experiments", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     build_parser()
     assert COMMANDS
     for name in COMMANDS:
@@ -18,6 +19,11 @@ def test_help_documents_every_subcommand(capsys):
             main([name, "--help"])
         assert exit_.value.code == 0
         assert "usage: convnorm " + name in capsys.readouterr().out
+
+
+def test_the_library_entry_point_says_where_the_command_line_lives():
+    done = subprocess.run([sys.executable, "-m", "convnorm"], capture_output=True, text=True)
+    assert done.returncode == 2 and "python -m convnorm.experiments" in done.stderr
 
 
 def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The ``convnorm`` command (also ``python -m convnorm``).
+"""The ``convnorm`` command (also ``python -m convnorm.experiments``).
 
 Each subcommand is a thin wrapper over a function in the experiments package; run
 ``convnorm <subcommand> --help`` for its options.
