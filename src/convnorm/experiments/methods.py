@@ -41,8 +41,6 @@ from convnorm.experiments.baselines import ONIConv2d, ocnn_loss
 
 __all__ = ["METHODS", "PAPER_BLOCK", "Method", "apply_method"]
 
-METHODS = ("plain", "bn", "convnorm", "convnorm+bn", "convnorm-paper", "sn", "oni", "ocnn")
-
 #: The ConvNorm options that make a ConvNorm layer the paper's public block (``PreConv`` in
 #: its ``models/prec_conv.py``, with its defaults; docs/math.md section 4): v̂ without eps and
 #: without gradient; during training v̂ of the current weights, folded into a running average
@@ -103,6 +101,69 @@ def _take(name: str, options: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[
     return {**defaults, **options}
 
 
+def _plain(model: nn.Module, options: Dict[str, Any]) -> Method:
+    _no_options("plain", options)
+    return Method("plain", _replace(model, _remove_batchnorm))
+
+
+def _bn(model: nn.Module, options: Dict[str, Any]) -> Method:
+    _no_options("bn", options)
+    return Method("bn", model)
+
+
+def _convnorm(name: str, batchnorm: str) -> Callable[[nn.Module, Dict[str, Any]], Method]:
+    def convert(model: nn.Module, options: Dict[str, Any]) -> Method:
+        return Method(name, convert_convnorm(model, batchnorm=batchnorm, **options), options=options)
+    return convert
+
+
+def _convnorm_paper(model: nn.Module, options: Dict[str, Any]) -> Method:
+    _no_options("convnorm-paper", options)
+    options = dict(PAPER_BLOCK)
+    return Method("convnorm-paper", convert_convnorm(model, batchnorm="keep", **options), options=options)
+
+
+def _sn(model: nn.Module, options: Dict[str, Any]) -> Method:
+    options = _take("sn", options, {"n_power_iterations": 1, "eps": 1e-12})
+
+    def to_sn(m: nn.Module) -> Optional[nn.Module]:
+        if type(m) in _CONVS and not parametrize.is_parametrized(m, "weight"):
+            return spectral_norm(m, "weight", options["n_power_iterations"], options["eps"])
+        return None
+
+    return Method("sn", _replace(model, to_sn), options=options)
+
+
+def _oni(model: nn.Module, options: Dict[str, Any]) -> Method:
+    options = _take("oni", options, {"T": 5, "scale_init": 1.414, "learn_scale": True, "eps": 1e-5, "centre": True})
+    converted = _replace(model, lambda m: ONIConv2d.from_conv2d(m, **options) if type(m) is nn.Conv2d else None)
+    return Method("oni", converted, options=options)
+
+
+def _ocnn(model: nn.Module, options: Dict[str, Any]) -> Method:
+    options = _take("ocnn", options, {"weight": 1.0})
+    weight = float(options["weight"])
+
+    def regularizer() -> Tensor:
+        return weight * ocnn_loss(model)
+
+    return Method("ocnn", model, regularizer=regularizer, options=options)
+
+
+#: method name -> the function that converts a model to it (model, options) -> Method.
+_CONVERTERS: Dict[str, Callable[[nn.Module, Dict[str, Any]], Method]] = {
+    "plain": _plain,
+    "bn": _bn,
+    "convnorm": _convnorm("convnorm", "remove"),
+    "convnorm+bn": _convnorm("convnorm+bn", "keep"),
+    "convnorm-paper": _convnorm_paper,
+    "sn": _sn,
+    "oni": _oni,
+    "ocnn": _ocnn,
+}
+METHODS = tuple(_CONVERTERS)
+
+
 def apply_method(model: nn.Module, method: str, **options) -> Method:
     """Convert ``model`` (built with Conv + BN) to the normalization ``method``.
 
@@ -132,38 +193,6 @@ def apply_method(model: nn.Module, method: str, **options) -> Method:
         ValueError: unknown ``method``.
         TypeError: an option the method does not take.
     """
-    if method not in METHODS:
+    if method not in _CONVERTERS:
         raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)}")
-    options = dict(options)
-    regularizer = None
-    if method == "plain":
-        _no_options(method, options)
-        model = _replace(model, _remove_batchnorm)
-    elif method == "bn":
-        _no_options(method, options)
-    elif method in ("convnorm", "convnorm+bn"):
-        model = convert_convnorm(model, batchnorm="remove" if method == "convnorm" else "keep", **options)
-    elif method == "convnorm-paper":
-        _no_options(method, options)
-        options = dict(PAPER_BLOCK)
-        model = convert_convnorm(model, batchnorm="keep", **options)
-    elif method == "sn":
-        options = _take(method, options, {"n_power_iterations": 1, "eps": 1e-12})
-
-        def to_sn(m: nn.Module) -> Optional[nn.Module]:
-            if type(m) in _CONVS and not parametrize.is_parametrized(m, "weight"):
-                return spectral_norm(m, "weight", options["n_power_iterations"], options["eps"])
-            return None
-
-        model = _replace(model, to_sn)
-    elif method == "oni":
-        options = _take(method, options, {"T": 5, "scale_init": 1.414, "learn_scale": True, "eps": 1e-5, "centre": True})
-        model = _replace(model, lambda m: ONIConv2d.from_conv2d(m, **options) if type(m) is nn.Conv2d else None)
-    else:  # ocnn
-        options = _take(method, options, {"weight": 1.0})
-        converted, weight = model, float(options["weight"])
-
-        def regularizer() -> Tensor:
-            return weight * ocnn_loss(converted)
-
-    return Method(name=method, model=model, regularizer=regularizer, options=options)
+    return _CONVERTERS[method](model, dict(options))
