@@ -98,3 +98,17 @@ def test_fid_validate_passes_its_sample_counts(monkeypatch, capsys, argv, expect
     assert main(["fid-validate", *argv]) == 0
     samples, test_samples = expected
     assert seen == {"samples": samples, "test_samples": test_samples}
+
+
+@pytest.mark.parametrize("command,config_module,config_class", [
+    ("train", "convnorm.experiments.train", "TrainConfig"),
+    ("adv-train", "convnorm.experiments.robust", "AdvConfig"),
+    ("gan-train", "convnorm.experiments.gan", "GANConfig")])
+def test_every_run_option_is_a_config_field(command, config_module, config_class):
+    """The overrides come from the config's fields: an option that is not one would be dropped."""
+    import dataclasses
+    import importlib
+
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(config_module), config_class))}
+    args = vars(build_parser().parse_args([command]))
+    assert set(args) - fields == {"command", "preset", "out", "checkpoints", "device"}

