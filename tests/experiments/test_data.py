@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from convnorm.experiments import data as D
+from convnorm.experiments.data import datasets, formats
 from convnorm.experiments.data import DatasetError, LabeledImages, load_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -130,7 +131,7 @@ def encode_png(pixels, filters, *, colour=None, palette=None, interlace=0, idat_
 
 @pytest.fixture
 def no_system_fashion(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "no-system-dir"))
 
 
 # ----------------------------------------------------------------------------- real files
@@ -142,7 +143,7 @@ def real_data_root():
     return None
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(D.SYSTEM_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+@pytest.mark.skipif(not os.path.isfile(os.path.join(datasets.SYSTEM_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
                     reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist(tmp_path):
     train = load_dataset("fashion-mnist", train=True, root=str(tmp_path))
@@ -186,7 +187,7 @@ def test_fashion_mnist_idx_round_trip(tmp_path, no_system_fashion, compress):
 def test_fashion_mnist_system_dir_used_when_root_lacks_it(tmp_path, monkeypatch):
     system = tmp_path / "system"
     write_fashion(system, False, np.zeros((2, 28, 28)), [3, 4])
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", str(system))
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST_DIR", str(system))
     assert load_dataset("fashion-mnist", train=False, root=str(tmp_path / "root")).labels.tolist() == [3, 4]
 
 
@@ -533,7 +534,7 @@ def make_tfjs_tarball(path, per_batch=(2, 3, 1, 2, 2), test_count=3, seed=0, *, 
 
 def test_prepare_cifar10_round_trip(tmp_path, monkeypatch):
     records = make_tfjs_tarball(tmp_path / "pkg.tgz")
-    monkeypatch.setattr(D, "CIFAR10_BINARY_MD5", {k: hashlib.md5(v).hexdigest() for k, v in records.items()})
+    monkeypatch.setattr(formats, "CIFAR10_BINARY_MD5", {k: hashlib.md5(v).hexdigest() for k, v in records.items()})
     root = tmp_path / "data"
     messages = []
     path = D.prepare_cifar10(str(root), tarball=str(tmp_path / "pkg.tgz"), progress=messages.append)
