@@ -86,7 +86,7 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
                                            (["--samples", "300", "--test-samples", "0"], (300, 0)),
                                            (["--full"], (25000, 10000))])
 def test_fid_validate_passes_its_sample_counts(monkeypatch, capsys, argv, expected):
-    from convnorm.experiments import fid
+    from convnorm.experiments import fid_validation
 
     seen = {}
 
@@ -94,7 +94,7 @@ def test_fid_validate_passes_its_sample_counts(monkeypatch, capsys, argv, expect
         seen.update(samples=samples, test_samples=test_samples)
         return {"results": {}}
 
-    monkeypatch.setattr(fid, "run_fid_validation", fake)
+    monkeypatch.setattr(fid_validation, "run_fid_validation", fake)
     assert main(["fid-validate", *argv]) == 0
     samples, test_samples = expected
     assert seen == {"samples": samples, "test_samples": test_samples}

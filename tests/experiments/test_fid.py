@@ -163,7 +163,7 @@ def test_cached_features_are_computed_once_per_block(tmp_path):
 
 
 def test_validate_fid_pools_both_halves_against_the_test_set():
-    from convnorm.experiments.fid import validate_fid
+    from convnorm.experiments.fid_validation import validate_fid
 
     gen = torch.Generator().manual_seed(8)
     train = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8, generator=gen)
@@ -182,7 +182,7 @@ def test_validate_fid_pools_both_halves_against_the_test_set():
     (50000, 10000, 3.1508, True), (50000, 10000, 3.2007, True), (50000, 10000, 3.2009, False),
     (50000, 10000, 3.1007, False), (40000, 10000, 3.1508, None), (50000, 5000, 3.1508, None)])
 def test_published_comparison_only_for_every_cifar10_image(n1, n2, fid, expected):
-    from convnorm.experiments.fid import published_comparison
+    from convnorm.experiments.fid_validation import published_comparison
 
     results = {"train_pooled_vs_test": {"fid": fid, "kid": 0.0, "kid_std": 0.0, "n1": n1, "n2": n2}}
     out = published_comparison(results, dataset="cifar10")

@@ -290,7 +290,7 @@ def test_report_section_shows_fid_validation_records(tmp_path):
 
 
 def test_report_section_sets_the_full_comparison_beside_the_published_fid(tmp_path):
-    from convnorm.experiments.fid import published_comparison
+    from convnorm.experiments.fid_validation import published_comparison
     from convnorm.experiments.records import write_json
 
     def shown(pooled_fid):

@@ -180,7 +180,7 @@ def _add_robust(sub) -> None:
 
 
 def _add_gan(sub) -> None:
-    from convnorm.experiments.fid import PUBLISHED_TRAIN_VS_TEST_FID
+    from convnorm.experiments.published import PUBLISHED_TRAIN_VS_TEST_FID
     from convnorm.experiments.gan import GAN_PRESETS
     from convnorm.experiments.models.sngan import ARCHS, D_NORMS, G_NORMS
 
@@ -357,7 +357,7 @@ def _gan_train_command(args: argparse.Namespace) -> int:
 
 
 def _fid_validate_command(args: argparse.Namespace) -> int:
-    from convnorm.experiments.fid import run_fid_validation
+    from convnorm.experiments.fid_validation import run_fid_validation
 
     samples, test_samples = (2000 if args.samples is None else args.samples), args.test_samples
     if args.full:

@@ -54,7 +54,7 @@ from convnorm.experiments.runs import Run, choose_device
 
 __all__ = ["GANConfig", "GAN_PRESETS", "gan_config_from_args", "run_name", "train_gan", "hinge_loss_discriminator",
            "hinge_loss_generator", "encode_png", "image_grid", "sample_diversity",
-           "PUBLISHED_RESULTS", "BASELINE_NORMS"]
+           "BASELINE_NORMS"]
 
 # The SN-GAN paper's placement (D norm, G norm): what every other placement is compared with.
 BASELINE_NORMS = ("sn", "bn")
@@ -502,15 +502,3 @@ def train_gan(
         # Nothing trained now: write the record of the checkpoint (complete if it is finished).
         checkpoint(start)
     return json.loads(json.dumps(record))
-
-
-# -- published numbers ----------------------------------------------------------------------
-
-#: Published CIFAR-10 numbers (not run here), for orientation only.
-PUBLISHED_RESULTS: List[Dict[str, str]] = [
-    {"source": "SN-GAN paper (Miyato et al. 2018, ICLR), Table 2", "model": "SN-GAN, ResNet, hinge loss",
-     "training": "see paper", "evaluation": "see paper", "is": "8.22", "fid": "21.7"},
-    {"source": "Mimicry (Lee & Town 2020), README baselines", "model": "SNGAN, ResNet 32x32",
-     "training": "100K G steps, n_dis 5, batch 64, Adam 2e-4 (0.0, 0.9), linear decay",
-     "evaluation": "50K real (train) / 50K generated", "is": "7.97", "fid": "16.77"},
-]

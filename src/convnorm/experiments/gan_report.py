@@ -12,9 +12,9 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from convnorm.experiments.fid import PUBLISHED_TRAIN_VS_TEST_FID
 from convnorm.experiments.figures import pyplot, save_figure
-from convnorm.experiments.gan import BASELINE_NORMS, PUBLISHED_RESULTS
+from convnorm.experiments.gan import BASELINE_NORMS
+from convnorm.experiments.published import PUBLISHED_GAN_RESULTS, PUBLISHED_TRAIN_VS_TEST_FID
 from convnorm.experiments.models.sngan import D_NORMS, G_NORMS
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import format_mean_std
@@ -227,7 +227,7 @@ def report_section(folder: str) -> List[str]:
     lines += validation
     lines += ["### Published CIFAR-10 results (published, not run here)", "",
               "| source | model | training | FID evaluation | IS | FID |", "|---|---|---|---|---|---|"]
-    for row in PUBLISHED_RESULTS:
+    for row in PUBLISHED_GAN_RESULTS:
         lines.append(f"| {row['source']} | {row['model']} | {row['training']} | {row['evaluation']} | "
                      f"{row['is']} | {row['fid']} |")
     lines += ["", "These are not comparable with the runs above: they train for 100K generator steps (runs here "

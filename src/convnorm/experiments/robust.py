@@ -83,7 +83,7 @@ from convnorm.experiments.runs import Run, choose_device, epoch_generator, learn
 from convnorm.experiments.train import validate_common
 
 __all__ = [
-    "ADV_PRESETS", "AdvConfig", "DEFAULT_EPS_SWEEP", "NormalizedModel", "PUBLISHED_FREE_AT", "adv_preset",
+    "ADV_PRESETS", "AdvConfig", "DEFAULT_EPS_SWEEP", "NormalizedModel", "adv_preset",
     "adv_run_name", "evaluate_checkpoint", "evaluate_robustness", "fgsm", "free_at_batch", "load_checkpoint_model",
     "pgd", "prepare_adv_data", "train_free_at",
 ]
@@ -533,14 +533,3 @@ def evaluate_checkpoint(path: str, *, data_root: Optional[str] = None, device: O
     return result
 
 
-# -- published numbers ----------------------------------------------------------------------
-
-#: The paper's free-AT table (ResNet-18, CIFAR-10, eps 8/255, mean of 4 seeds), in percent:
-#: (method, label, FGSM, PGD-20); ``None`` where the paper gives no number.
-PUBLISHED_FREE_AT: Tuple[Tuple[str, str, float, Optional[float]], ...] = (
-    ("convnorm+bn", "ConvNorm (with BN)", 52.9, 44.8),
-    ("sn", "SN", 52.3, 44.5),
-    ("bn", "BN", 51.7, None),
-    ("oni", "ONI", 48.3, 41.1),
-    ("ocnn", "OCNN", 52.5, None),
-)

@@ -13,7 +13,8 @@ from typing import Any, Dict, List
 
 from convnorm.experiments.methods import METHODS
 from convnorm.experiments.records import iter_records
-from convnorm.experiments.robust import ADV_PRESETS, PUBLISHED_FREE_AT, AdvConfig
+from convnorm.experiments.published import PUBLISHED_FREE_AT
+from convnorm.experiments.robust import ADV_PRESETS, AdvConfig
 from convnorm.experiments.stats import format_mean_std, mean_std
 
 __all__ = ["report_section"]

@@ -25,18 +25,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from convnorm.experiments.figures import pyplot, save_figure
 from convnorm.experiments.memorisation_report import setting_text
+from convnorm.experiments.published import PAPER_TRAINED_NORMS
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import method_key
 
-__all__ = ["FOLDER", "PAPER_TRAINED_NORMS", "format_label", "parse_label", "trained_spectra_section"]
+__all__ = ["FOLDER", "format_label", "parse_label", "trained_spectra_section"]
 
 #: Where the spectral records of the study's trained networks go.
 FOLDER = "memorisation-trained"
 
-#: Ranges of per-layer spectral norms read off the paper's figure of a trained ResNet-18 on
-#: CIFAR-10: (smallest, largest) over the conv layers, per kind of layer.
-PAPER_TRAINED_NORMS: Dict[str, Tuple[float, float]] = {"vanilla conv (BN network)": (5.0, 18.7),
-                                                       "ConvNorm": (3.2, 8.7)}
 # Which of the paper's ranges a method's conv layers compare with.
 _PAPER_KIND = {"bn": "vanilla conv (BN network)", "convnorm-paper": "ConvNorm", "convnorm+bn": "ConvNorm",
                "convnorm": "ConvNorm"}
