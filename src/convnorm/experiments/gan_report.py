@@ -175,8 +175,8 @@ def _run_lines(runs: List[Tuple[str, Dict[str, Any]]]) -> List[str]:
     return lines + [""]
 
 
-def _fid_plot(curves: List[Dict[str, Any]], folder: str) -> str:
-    """Writes ``<folder>/figures/gan-fid.png`` (FID at the curve count over iterations)."""
+def _fid_plot(curves: List[Dict[str, Any]], folder: str, fig_dir: str) -> str:
+    """Writes ``<fig_dir>/gan-fid.png`` (FID at the curve count over iterations)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     counts = sorted({_curve(rec)[0]["samples"] for rec in curves})
@@ -189,16 +189,18 @@ def _fid_plot(curves: List[Dict[str, Any]], folder: str) -> str:
     ax.set_title("FID over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = save_figure(fig, os.path.join(folder, "figures", "gan-fid.png"))
+    path = save_figure(fig, os.path.join(fig_dir, "gan-fid.png"))
     return f"![FID over iterations]({os.path.relpath(path, folder)})"
 
 
-def report_section(folder: str) -> List[str]:
+def report_section(folder: str, fig_dir: Optional[str] = None) -> List[str]:
     """Markdown lines on the GAN runs (records of kind ``"gan"``) and FID checks under ``folder``.
 
-    Writes the FID-over-iterations plot to ``<folder>/figures/gan-fid.png``; links are
-    relative to ``folder``. The output depends on the records only.
+    Writes the FID-over-iterations plot to ``<fig_dir>/gan-fid.png`` (default
+    ``<folder>/figures``); links are relative to ``folder``. The output depends on the
+    records only.
     """
+    fig_dir = os.path.join(folder, "figures") if fig_dir is None else fig_dir
     runs = [(path, rec) for path, rec in iter_records(folder, kind="gan")]
     validation = _validation_lines(folder)
     if not runs and not validation:
@@ -214,7 +216,7 @@ def report_section(folder: str) -> List[str]:
         lines += _summary_lines(runs) + _run_lines(runs)
         curves = [rec for _, rec in runs if _curve(rec)]
         if curves:
-            lines += [_fid_plot(curves, folder), ""]
+            lines += [_fid_plot(curves, folder, fig_dir), ""]
         grids = []
         for path, rec in runs:
             if rec.get("samples"):

@@ -34,6 +34,7 @@ import textwrap
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from convnorm.experiments.records import iter_records
 from convnorm.experiments.figures import pyplot, save_figure
 from convnorm.experiments.stats import (CONVNORM_METHODS, SPREAD_FACTOR, SPREAD_FLOOR, format_mean_std,
                                         judge_difference, mean_std)
@@ -41,7 +42,7 @@ from convnorm.experiments.stats import method_key as _method_key
 from convnorm.experiments.stats import noise_label as _condition
 from convnorm.experiments.stats import noise_sort_key as _condition_key
 
-__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "FIT_EPOCH_FLOOR", "is_memorisation_folder", "run_summary",
+__all__ = ["FIT_MEMORISED", "DROP_MEMORISED", "FIT_EPOCH_FLOOR", "is_memorisation_folder", "report_section", "run_summary",
            "memorisation_section", "setting_text"]
 
 #: A run memorises when it ends fitting more than this fraction of its noisy training labels
@@ -430,6 +431,17 @@ def _cost(runs: List[Dict[str, Any]]) -> List[str]:
     return [f"Cost: {which} took {sum(per_method.values()):.1f} process-hours of training in all: the sum over "
             f"records of their epochs' wall time times their process count ({parts}; on {', '.join(devices)}).",
             ""]
+
+
+def report_section(folder: str, fig_dir: Optional[str] = None) -> List[str]:
+    """The report's memorisation section: the view of the training records under ``folder``
+    that lie in ``memorisation-*`` folders, with its heading (empty without such records)."""
+    fig_dir = os.path.join(folder, "figures") if fig_dir is None else fig_dir
+    records = [(path, record) for path, record in iter_records(folder, kind="train")
+               if is_memorisation_folder(os.path.abspath(path))]
+    if not records:
+        return []
+    return ["## Memorisation of noisy labels in long training", ""] + memorisation_section(records, folder, fig_dir)
 
 
 def memorisation_section(records: List[Tuple[str, Dict[str, Any]]], folder: str, fig_dir: str) -> List[str]:

@@ -1,21 +1,25 @@
 """``convnorm report``: markdown tables and plots generated from a folder of records only.
 
 The output depends on the records alone (no dates, no machine state), so running the
-command twice on the same records gives byte-identical files. The classification and
-spectra sections are rendered here; the adversarial and GAN sections come from
-:mod:`convnorm.experiments.robust_report` and :mod:`convnorm.experiments.gan_report`.
+command twice on the same records gives byte-identical files. The report is the list
+:data:`SECTIONS`, in order; every section is a function ``(folder, fig_dir) -> lines`` that
+finds its own records under ``folder``, writes its figures to ``fig_dir`` and returns its
+markdown lines, heading included (no lines when it has no records). The classification and
+spectra sections are rendered here; the others come from
+:mod:`convnorm.experiments.memorisation_report`, :mod:`convnorm.experiments.robust_report`
+and :mod:`convnorm.experiments.gan_report`.
 """
 from __future__ import annotations
 
 import math
 import os
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from convnorm.experiments import gan_report, robust_report
+from convnorm.experiments import gan_report, memorisation_report, robust_report
 from convnorm.experiments.figures import pyplot as _pyplot
 from convnorm.experiments.figures import save_figure as _savefig
-from convnorm.experiments.memorisation_report import is_memorisation_folder, memorisation_section
+from convnorm.experiments.memorisation_report import is_memorisation_folder
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.stats import (CONVNORM_METHODS, SPREAD_FACTOR, SPREAD_FLOOR, format_mean_std,
                                         judge_difference, mean_std)
@@ -26,7 +30,7 @@ from convnorm.experiments.trained_spectra_report import FOLDER as TRAINED_SPECTR
 from convnorm.experiments.trained_spectra_report import trained_spectra_section
 
 # mean_std and format_mean_std moved to stats.py; they stay importable from here.
-__all__ = ["build_report", "mean_std", "format_mean_std", "memorisation_onset"]
+__all__ = ["SECTIONS", "build_report", "mean_std", "format_mean_std", "memorisation_onset"]
 
 
 def _setting(cfg: Dict[str, Any]) -> str:
@@ -314,6 +318,31 @@ def _spectral_section(folder: str) -> List[str]:
     return lines
 
 
+def classification_section(folder: str, fig_dir: str) -> List[str]:
+    """Training records outside ``memorisation-*`` folders: label noise and scarce data."""
+    records = [(path, record) for path, record in iter_records(folder, kind="train")
+               if not is_memorisation_folder(os.path.abspath(path))]
+    if not records:
+        return []
+    return ["## Classification under label noise and scarce data", ""] + _train_section(records, folder, fig_dir)
+
+
+def spectra_section(folder: str, fig_dir: str) -> List[str]:
+    """Spectral records: one chart per folder, and the trained networks' view."""
+    lines = _spectral_section(folder) + trained_spectra_section(folder, fig_dir)
+    return ["## Layer spectra", ""] + lines if lines else []
+
+
+#: The report, in order: each section ``(folder, fig_dir) -> markdown lines``.
+SECTIONS: Tuple[Callable[[str, str], List[str]], ...] = (
+    classification_section,
+    memorisation_report.report_section,
+    robust_report.report_section,
+    gan_report.report_section,
+    spectra_section,
+)
+
+
 def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> str:
     """Write ``<folder>/README.md`` (and figures under ``<folder>/figures/``) from the records
     under ``folder``; returns the markdown path.
@@ -333,21 +362,8 @@ def build_report(folder: str = "results", *, preamble: Optional[str] = None) -> 
             preamble = f.read()
     if preamble:
         lines += [preamble.rstrip(), ""]
-    train_records, memorisation_records = [], []
-    for path, record in iter_records(folder, kind="train"):
-        inside = is_memorisation_folder(os.path.abspath(path))
-        (memorisation_records if inside else train_records).append((path, record))
-    if train_records:
-        lines += ["## Classification under label noise and scarce data", ""]
-        lines += _train_section(train_records, folder, fig_dir)
-    if memorisation_records:
-        lines += ["## Memorisation of noisy labels in long training", ""]
-        lines += memorisation_section(memorisation_records, folder, fig_dir)
-    lines += robust_report.report_section(folder)
-    lines += gan_report.report_section(folder)
-    spectral = _spectral_section(folder) + trained_spectra_section(folder, fig_dir)
-    if spectral:
-        lines += ["## Layer spectra", ""] + spectral
+    for section in SECTIONS:
+        lines += section(folder, fig_dir)
     path = os.path.join(folder, "README.md")
     with open(path, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from convnorm.experiments.methods import METHODS
 from convnorm.experiments.records import iter_records
@@ -121,8 +121,9 @@ def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
             "about a point or less between the top methods):", ""] + out + [""]
 
 
-def report_section(folder: str) -> List[str]:
-    """Markdown lines from the records of kind ``"robust"`` under ``folder``.
+def report_section(folder: str, fig_dir: Optional[str] = None) -> List[str]:
+    """Markdown lines from the records of kind ``"robust"`` under ``folder`` (``fig_dir``: the
+    report's figure folder, which this section does not use: it draws no figure).
 
     Per setting (every config field but method and seed): a table of method -> clean, FGSM
     and PGD-K test accuracy (%, mean ± std over seeds), a sentence on how the setting
