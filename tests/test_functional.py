@@ -269,3 +269,39 @@ def test_bad_input_raises_named_error(kwargs, x_shape, w_shape, error, match):
 def test_non_tensor_input_raises_type_error():
     with pytest.raises(TypeError, match="input must be a Tensor"):
         CF.conv_norm([[1.0]], torch.randn(1, 1, 1))
+
+
+@pytest.mark.parametrize("kernel,size", [((3, 3), (6, 5)), ((1, 3), (4, 6)), ((3, 1), (5, 4)), ((1, 1), (4, 4))])
+def test_onesided_spectrum_is_the_kept_half_and_conv_norm_takes_either_layout(kernel, size):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(4, 3, *kernel, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
+    padding = tuple(k // 2 for k in kernel)
+    grid = CF.spectrum_grid_size(size, kernel, padding=padding)
+    full = CF.preconditioner_spectrum(w, grid)
+    half = CF.preconditioner_spectrum(w, grid, onesided=True)
+    active = [m for m in range(2) if kernel[m] > 1]
+    if not active:
+        assert half.shape == (4,)
+        assert torch.allclose(half, full.reshape(4), atol=0, rtol=1e-12)
+    else:
+        last = active[-1]
+        assert torch.equal(half, full.narrow(1 + last, 0, grid[last] // 2 + 1))
+    a = CF.conv_norm(x, w, None, 1, padding, spectrum=full)
+    b = CF.conv_norm(x, w, None, 1, padding, spectrum=half)
+    assert (a - b).abs().max() < 1e-12
+
+
+def test_spectrum_cache_reuses_until_the_weight_changes():
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    cache = CF.SpectrumCache()
+    y1 = CF.conv_norm(x, w, None, 1, 1, cache=cache, algorithm="spatial")
+    assert len(cache) == 1
+    CF.conv_norm(x, w, None, 1, 1, cache=cache, algorithm="spatial")
+    assert len(cache) == 1
+    w.mul_(3.0)  # a new version: the cached v̂ is stale and must not be served
+    y2 = CF.conv_norm(x, w, None, 1, 1, cache=cache, algorithm="spatial")
+    assert torch.allclose(y1, y2, atol=1e-4)  # scale invariance holds only with the new v̂
+    assert not torch.allclose(CF.conv_norm(x, w, None, 1, 1, algorithm="spatial", eps=1.0),
+                              CF.conv_norm(x, w / 3.0, None, 1, 1, algorithm="spatial", eps=1.0))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ __all__ = [
     "preconditioner_spectrum",
     "spectrum_grid_size",
     "conv_norm",
+    "SpectrumCache",
     "running_average_factor",
 ]
 
@@ -176,6 +177,7 @@ def preconditioner_spectrum(
     *,
     dilation: _IntOrTuple = 1,
     eps: float = 1e-5,
+    onesided: bool = False,
 ) -> Tensor:
     """The ConvNorm preconditioner spectrum v̂ of a conv weight on a circular grid.
 
@@ -187,12 +189,19 @@ def preconditioner_spectrum(
             longer than the grid wraps around it, as a circular convolution does.
         dilation: kernel dilation per dimension.
         eps: added to ``Σ_j |â_ij|²`` before the inverse square root.
+        onesided: return the layout the layer's products use instead (what
+            :class:`ConvNorm2d`'s running spectrum holds): v̂ is even, so along the last
+            spatial dim where the dilated kernel has more than one tap only the first
+            ``N // 2 + 1`` frequencies are kept; a kernel with a single tap along every
+            dim (a 1x1 conv, whose v̂ is constant) gives ``(C_out,)``. The grid must then be
+            1 along the single-tap dims, as :func:`spectrum_grid_size` gives it.
 
     Returns:
         real tensor of shape ``(C_out, N_1, ..., N_n)``: v̂ at every frequency of the grid,
         in the order of ``torch.fft.fftn`` (v̂ is even, so the first ``N_n // 2 + 1``
-        entries of the last dim are what an ``rfftn`` product needs). The dtype is float64
-        for a float64 weight and float32 otherwise. Differentiable in ``weight``.
+        entries of the last dim are what an ``rfftn`` product needs); see ``onesided``.
+        The dtype is float64 for a float64 weight and float32 otherwise. Differentiable in
+        ``weight``.
     """
     n = weight.dim() - 2
     if n < 1:
@@ -200,7 +209,15 @@ def preconditioner_spectrum(
     grid = _tuple(grid_size, n, "grid_size")
     if any(g < 1 for g in grid):
         raise ValueError(f"grid_size must be positive, got {grid}")
-    return _spectrum(weight, grid, _tuple(dilation, n, "dilation"), eps, onesided_dim=None)
+    dil = _tuple(dilation, n, "dilation")
+    if not onesided:
+        return _spectrum(weight, grid, dil, eps, onesided_dim=None)
+    active = [m for m in range(n) if dil[m] * (weight.shape[2 + m] - 1) > 0]
+    if any(grid[m] != 1 for m in range(n) if m not in active):
+        raise ValueError(f"grid_size {grid} must be 1 along the dims where the kernel has a single tap")
+    if not active:
+        return _row_scale(weight, eps, preconditioner_grad=True)
+    return _spectrum(weight, grid, dil, eps, onesided_dim=active[-1])
 
 
 @dataclass(frozen=True)
@@ -508,6 +525,7 @@ def conv_norm(
     affine_weight: Optional[Tensor] = None,
     affine_bias: Optional[Tensor] = None,
     algorithm: str = "auto",
+    cache: Optional["SpectrumCache"] = None,
 ) -> Tensor:
     """Normalized convolution: ``conv{n}d`` followed by the ConvNorm preconditioner.
 
@@ -522,7 +540,8 @@ def conv_norm(
         eps: added to ``Σ_j |â_ij|²``.
         spectrum: a precomputed v̂, as returned by
             ``preconditioner_spectrum(weight, spectrum_grid_size(...))`` for this input
-            size; computed from ``weight`` when ``None``.
+            size, in its full layout or its ``onesided=True`` one; computed from
+            ``weight`` when ``None``.
         preconditioner_grad: let the gradient flow through v̂ into ``weight``
             (default: v̂ is treated as a constant, as in the paper's code).
         affine_weight: optional per-channel kernel ``(C_out, 1, *kernel)`` applied to the
@@ -538,6 +557,9 @@ def conv_norm(
             every algorithm). ``'auto'`` (default): the faster of the two for this input
             shape, device and thread count, timed on first use (:mod:`convnorm.autotune`).
             See ``docs/performance.md``.
+        cache: a :class:`SpectrumCache` that keeps v̂ (and the Fourier path's
+            per-frequency weight) between calls while ``weight`` is unchanged: what a
+            layer passes to avoid recomputing them every forward.
 
     The result is ``affine(P c) + affine_bias + bias`` where ``c`` is the conv output
     without bias and ``P`` the preconditioner.
@@ -557,7 +579,7 @@ def conv_norm(
             input.unsqueeze(0), weight, bias, stride, padding, dilation, groups,
             padding_mode=padding_mode, eps=eps, spectrum=spectrum,
             preconditioner_grad=preconditioner_grad, affine_weight=affine_weight,
-            affine_bias=affine_bias, algorithm=algorithm,
+            affine_bias=affine_bias, algorithm=algorithm, cache=cache,
         ).squeeze(0)
     kernel = tuple(weight.shape[2:])
     stride_t = _tuple(stride, n, "stride")
@@ -570,14 +592,30 @@ def conv_norm(
     )
     if spectrum is not None:
         spectrum = _planned_layout(spectrum, plan)
-    return _conv_norm_planned(
+    algorithm = resolve_algorithm(algorithm, input, weight, plan, padding_mode, dilation_t, groups, eps)
+    spectral_weight = None
+    if cache is not None:
+        if spectrum is None and not (preconditioner_grad and torch.is_grad_enabled()):
+            spectrum = cache.spectrum(weight, plan, dilation_t, eps)
+        if spectrum is not None:
+            spectral_weight = cache.spectral_weight(weight, spectrum, plan, dilation_t, groups, algorithm)
+    out = _conv_norm_planned(
         input, weight, bias, plan, padding_mode, dilation_t, groups, eps, spectrum,
-        preconditioner_grad, affine_weight, affine_bias, algorithm,
+        preconditioner_grad, affine_weight, affine_bias, algorithm, spectral_weight,
     )
+    if n in (2, 3):
+        # A channels_last input gets a channels_last output, as a conv gives.
+        fmt = torch.channels_last if n == 2 else torch.channels_last_3d
+        if input.is_contiguous(memory_format=fmt) and not input.is_contiguous():
+            out = out.contiguous(memory_format=fmt)
+    return out
 
 
 def _planned_layout(spectrum: Tensor, plan: _Plan) -> Tensor:
-    """Public full layout on ``plan.grid`` -> the layout :func:`_apply_spectrum` uses."""
+    """Public full (or already one-sided) layout on ``plan.grid`` -> the layout
+    :func:`_apply_spectrum` uses."""
+    if tuple(spectrum.shape[1:]) == _onesided_shape(plan.grid, plan.active):
+        return spectrum
     if tuple(spectrum.shape[1:]) != plan.grid:
         raise ValueError(
             f"spectrum has spatial shape {tuple(spectrum.shape[1:])}, expected {plan.grid}: "
@@ -588,6 +626,78 @@ def _planned_layout(spectrum: Tensor, plan: _Plan) -> Tensor:
     # v̂ is even: the non-negative half of the last active dim is all rfftn needs.
     last = plan.active[-1]
     return spectrum.narrow(1 + last, 0, plan.grid[last] // 2 + 1)
+
+
+def _onesided_shape(grid: Sequence[int], active: Sequence[int]) -> Tuple[int, ...]:
+    """Spatial shape of v̂ as the products use it: one-sided along the last active dim, none
+    at all (a scalar per channel) when no dim is active."""
+    if not active:
+        return ()
+    shape = list(grid)
+    shape[active[-1]] = grid[active[-1]] // 2 + 1
+    return tuple(shape)
+
+
+class SpectrumCache:
+    """What ConvNorm computes from the weights alone, kept between calls while they are unchanged.
+
+    Pass one to :func:`conv_norm` (``cache=``), as the ConvNorm layers do: v̂ for each input
+    grid, and the Fourier path's per-frequency weight, are then computed once per weight
+    version and reused while the weight tensor keeps its storage and version counter (an
+    optimizer step, ``load_state_dict`` or ``copy_`` changes those). A v̂ that must carry a
+    gradient is never cached, nor is anything while ``torch.compile`` traces. Writing the
+    weight through ``.data`` bypasses the version counter: call :meth:`clear` then.
+    """
+
+    #: Entries kept at most before stale ones are dropped.
+    LIMIT = 8
+
+    def __init__(self) -> None:
+        self._entries: Dict[tuple, Tuple[tuple, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget everything (needed only after writing the weight through ``.data``)."""
+        self._entries = {}
+
+    def _get(self, key: tuple, stamp: tuple, compute) -> Tensor:
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        if len(self._entries) >= self.LIMIT:
+            self._entries = {}
+        value = compute()
+        self._entries[key] = (stamp, value)
+        return value
+
+    def spectrum(self, weight: Tensor, plan: _Plan, dilation: Sequence[int], eps: float) -> Tensor:
+        """v̂ of ``weight`` for ``plan``'s grid (no gradient), as the products use it."""
+        if _is_compiling():
+            return spectrum_for_plan(weight, plan, dilation, eps, False)
+        key = ("spectrum", plan.grid, plan.active, tuple(dilation), weight.device, weight.dtype, eps)
+        return self._get(key, (weight._version, weight.data_ptr()),
+                         lambda: spectrum_for_plan(weight, plan, dilation, eps, False))
+
+    def spectral_weight(self, weight: Tensor, spectrum: Tensor, plan: _Plan, dilation: Sequence[int], groups: int,
+                        algorithm: str) -> Optional[Tensor]:
+        """The Fourier path's per-frequency weight, when that path runs and no gradient is
+        needed; ``None`` otherwise (the path then builds it inside the autograd graph)."""
+        if not _use_fourier(algorithm, plan):
+            return None
+        if (torch.is_grad_enabled() and weight.requires_grad) or spectrum.requires_grad or _is_compiling():
+            return None
+        key = ("spectral_weight", plan.grid, plan.shift, tuple(dilation), weight.device, weight.dtype, groups)
+        stamp = (weight._version, weight.data_ptr(), spectrum._version, spectrum.data_ptr())
+        return self._get(key, stamp, lambda: _spectral_weight(weight, spectrum, plan, dilation, groups))
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()  # torch < 2.3
 
 
 ALGORITHMS = ("auto", "spatial", "fourier")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -13,13 +13,6 @@ from convnorm import functional as CF
 __all__ = ["ConvNorm1d", "ConvNorm2d", "ConvNorm3d"]
 
 _AFFINE_INITS = ("identity", "random")
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()  # torch < 2.3
 
 
 class _ConvNormNd:
@@ -88,7 +81,7 @@ class _ConvNormNd:
             self.register_buffer("running_spectrum", None)
             self.register_buffer("running_grid", None)
             self.register_buffer("num_batches_tracked", None)
-        self._spectrum_cache: Dict[tuple, Tuple[tuple, Tensor]] = {}
+        self._spectrum_cache = CF.SpectrumCache()
         self._warned_running_grid = False
         self.reset_affine_parameters()
 
@@ -127,99 +120,47 @@ class _ConvNormNd:
         self._warned_running_grid = False
 
     # -- forward ------------------------------------------------------------------------
-    def _check_input(self, input: Tensor) -> None:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{type(self).__name__} expected a Tensor input, got {type(input).__name__}")
-        n = len(self.kernel_size)
-        if input.dim() not in (n + 1, n + 2):
-            raise ValueError(
-                f"{type(self).__name__} expected a {n + 1}D (unbatched) or {n + 2}D (batched) input, "
-                f"got a {input.dim()}D input of shape {tuple(input.shape)}"
-            )
-
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
+        spectrum = self._running_spectrum_for(input) if self.track_running_spectrum else None
+        return CF.conv_norm(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+            padding_mode=self.padding_mode, eps=self.eps, spectrum=spectrum,
+            preconditioner_grad=self.preconditioner_grad, affine_weight=self.affine_weight,
+            affine_bias=self.affine_bias, algorithm=self.algorithm, cache=self._spectrum_cache,
+        )
+
+    def _running_spectrum_for(self, input: Tensor) -> Optional[Tensor]:
+        """The paper's running average of v̂: in training, v̂ of the current weights (folded
+        into the average); at eval the average, on its own grid only (``None`` otherwise:
+        the current weights' v̂, with a warning once)."""
         n = len(self.kernel_size)
-        if input.dim() == n + 1:
-            return self.forward(input.unsqueeze(0)).squeeze(0)
-        CF._check_input(input, self.weight, self.groups)
-        plan = CF._plan(
-            tuple(input.shape[2:]), self.kernel_size, self.stride,
-            CF._side_padding(self.padding, self.kernel_size, self.dilation), self.dilation,
-            self.padding_mode,
-        )
-        algorithm = CF.resolve_algorithm(
-            self.algorithm, input, self.weight, plan, self.padding_mode, self.dilation, self.groups, self.eps
-        )
-        spectrum = self._spectrum(plan)
-        out = CF._conv_norm_planned(
-            input, self.weight, self.bias, plan, self.padding_mode, self.dilation, self.groups,
-            self.eps, spectrum, self.preconditioner_grad, self.affine_weight, self.affine_bias,
-            algorithm, self._spectral_weight(plan, spectrum, algorithm),
-        )
-        if n in (2, 3):
-            fmt = torch.channels_last if n == 2 else torch.channels_last_3d
-            if input.is_contiguous(memory_format=fmt) and not input.is_contiguous():
-                out = out.contiguous(memory_format=fmt)
-        return out
-
-    def _spectrum(self, plan) -> Tensor:
-        """v̂ for this forward: running average at eval if tracked, else from the weights."""
-        if self.track_running_spectrum:
-            grid = torch.tensor(plan.grid, dtype=torch.long)
-            if self.training:
-                current = self._weight_spectrum(plan)
-                self._update_running_spectrum(current.detach(), grid)
-                return current
-            if self.running_spectrum.numel() and torch.equal(self.running_grid.cpu(), grid):
-                return self.running_spectrum
-            if not self._warned_running_grid:
-                self._warned_running_grid = True
-                warnings.warn(
-                    f"{type(self).__name__}: the running spectrum was tracked on the grid "
-                    f"{tuple(self.running_grid.tolist())}, this input needs {plan.grid}; using "
-                    "the spectrum of the current weights instead",
-                    stacklevel=3,
-                )
-        return self._weight_spectrum(plan)
-
-    def _weight_spectrum(self, plan) -> Tensor:
-        with_grad = self.preconditioner_grad and torch.is_grad_enabled()
-        if with_grad or _is_compiling():
-            return CF.spectrum_for_plan(self.weight, plan, self.dilation, self.eps, with_grad)
-        # v̂ depends on the weight values only: reuse it until PyTorch's version counter or
-        # the storage of the weight changes (optimizer steps, load_state_dict, copy_ ...).
-        w = self.weight
-        key = (plan.grid, plan.active, w.device, w.dtype, self.eps)
-        stamp = (w._version, w.data_ptr())
-        hit = self._spectrum_cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        if hit is None or len(self._spectrum_cache) > 8:
-            self._spectrum_cache = {k: v for k, v in self._spectrum_cache.items() if v[0] == stamp}
-        spectrum = CF.spectrum_for_plan(w, plan, self.dilation, self.eps, False)
-        self._spectrum_cache[key] = (stamp, spectrum)
-        return spectrum
-
-    def _spectral_weight(self, plan, spectrum: Tensor, algorithm: str) -> Optional[Tensor]:
-        """The Fourier algorithm's per-frequency weight, cached when no gradient is needed."""
-        if not CF._use_fourier(algorithm, plan):
-            return None
-        if (torch.is_grad_enabled() and self.weight.requires_grad) or spectrum.requires_grad or _is_compiling():
-            return None  # built inside the autograd graph by the functional
-        w = self.weight
-        key = ("spectral_weight", plan.grid, plan.shift, w.device, w.dtype, self.eps)
-        stamp = (w._version, w.data_ptr(), spectrum._version, spectrum.data_ptr())
-        hit = self._spectrum_cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        value = CF._spectral_weight(w, spectrum, plan, self.dilation, self.groups)
-        self._spectrum_cache[key] = (stamp, value)
-        return value
+        if not isinstance(input, Tensor) or input.dim() not in (n + 1, n + 2):
+            return None  # conv_norm names the problem
+        size = tuple(input.shape[-n:])
+        grid_size = CF.spectrum_grid_size(size, self.kernel_size, padding=self.padding, dilation=self.dilation,
+                                          padding_mode=self.padding_mode)
+        grid = torch.tensor(grid_size, dtype=torch.long)
+        if self.training:
+            with_grad = self.preconditioner_grad and torch.is_grad_enabled()
+            weight = self.weight if with_grad else self.weight.detach()
+            current = CF.preconditioner_spectrum(weight, grid_size, dilation=self.dilation, eps=self.eps, onesided=True)
+            self._update_running_spectrum(current.detach(), grid)
+            return current
+        if self.running_spectrum.numel() and torch.equal(self.running_grid.cpu(), grid):
+            return self.running_spectrum
+        if not self._warned_running_grid:
+            self._warned_running_grid = True
+            warnings.warn(
+                f"{type(self).__name__}: the running spectrum was tracked on the grid "
+                f"{tuple(self.running_grid.tolist())}, this input needs {grid_size}; using "
+                "the spectrum of the current weights instead",
+                stacklevel=3,
+            )
+        return None
 
     def clear_spectrum_cache(self) -> None:
         """Forget cached spectra (needed only after writing the weight through ``.data``)."""
-        self._spectrum_cache = {}
+        self._spectrum_cache.clear()
 
     @torch.no_grad()
     def _update_running_spectrum(self, current: Tensor, grid: Tensor) -> None:
@@ -252,16 +193,16 @@ class _ConvNormNd:
             if loaded.shape != self.running_spectrum.shape:
                 self.running_spectrum = self.running_spectrum.new_empty(loaded.shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        self._spectrum_cache = {}
+        self._spectrum_cache = CF.SpectrumCache()
 
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
-        state["_spectrum_cache"] = {}
+        state["_spectrum_cache"] = CF.SpectrumCache()
         return state
 
     def _apply(self, fn, *args, **kwargs):
-        self._spectrum_cache = {}
+        self._spectrum_cache = CF.SpectrumCache()
         return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:

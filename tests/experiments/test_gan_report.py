@@ -34,8 +34,9 @@ def _record(d_norm="sn", g_norm="bn", seed=0, *, final=(177.09, 0.1577, 0.0017),
     if final is not None and done == cfg["iterations"]:
         rows.append(dict(fid=final[0], iteration=done, kid=final[1], kid_std=final[2], reference_samples=5000,
                          samples=cfg["fid_samples"], seconds=2.0))
+    order = its[:1] + its[:0:-1]  # not in iteration order (200, 600, 400): the report must pick the latest
     samples = [dict(diversity=diversity + 0.01 * (it == done), iteration=it, path=f"{name}/samples-{it:06d}.png")
-               for it in reversed(its)]  # not in iteration order: the report must pick the latest
+               for it in order]
     return dict(kind="gan", config=cfg, seed=seed, name=name, status=status, iterations_done=done,
                 fid_curve=rows, loss_curve=[], samples=samples, real_diversity=real_diversity,
                 final_fid=final[0] if final and status == "complete" else None,
@@ -123,12 +124,16 @@ def test_summary_is_mean_and_sample_std_over_seeds_against_the_baseline(tmp_path
 
 
 def test_unfinished_runs_and_runs_without_a_final_evaluation_are_not_summarised(tmp_path):
+    # with fid_curve_samples 0 the curve is at the full count: a running run has rows at fid_samples too
+    running_full_count = _record("sn", "bn", 1, done=400, status="running", fid_curve_samples=0, curve=(210.0, 201.5))
     _write(tmp_path, [_record("sn", "bn", 0, done=400, status="running"),
-                      _record("convnorm", "bn", 0, final=None, status="complete")])
+                      _record("convnorm", "bn", 0, final=None, status="complete"), running_full_count])
     lines = report_section(str(tmp_path))
     assert _tables(lines, "| data | arch | widths G/D |") == []
     assert not any(line.startswith("Finished runs") for line in lines)
-    assert len(_runs(lines)) == 2  # both still listed run by run
+    rows = {row[0].strip("`"): row for row in _runs(lines)}
+    assert len(rows) == 3  # all still listed run by run
+    assert rows[running_full_count["name"]][3:6] == ["400/600", "5000 vs 5000", "201.50 (it 400)"]
 
 
 def test_paper_widths_and_ema_are_shown(tmp_path):
@@ -254,3 +259,17 @@ def test_the_published_results_close_the_section(tmp_path):
         ("Mimicry (Lee & Town 2020), README baselines", "7.97", "16.77")]
     assert lines[-1] == ""
     assert os.path.exists(tmp_path / "figures" / "gan-fid.png")
+
+
+def test_the_plot_goes_to_the_given_figure_folder_linked_relative_to_the_records(tmp_path):
+    folder = tmp_path / "results" / "gan"
+    _write(folder, [_record()])
+    lines = report_section(str(folder), fig_dir=str(tmp_path / "results" / "figures"))
+    assert "![FID over iterations](../figures/gan-fid.png)" in lines
+    assert (tmp_path / "results" / "figures" / "gan-fid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (folder / "figures").exists()
+    default = report_section(str(folder))  # default: <folder>/figures
+    assert "![FID over iterations](figures/gan-fid.png)" in default
+    assert (folder / "figures" / "gan-fid.png").exists()
+    assert [line for line in default if not line.startswith("![FID")] == \
+        [line for line in lines if not line.startswith("![FID")]

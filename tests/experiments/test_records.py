@@ -282,3 +282,20 @@ def test_an_interrupted_checkpoint_save_keeps_the_old_checkpoint(tmp_path, monke
     assert torch.load(path, weights_only=False)["epoch"] == 1
     assert _leftovers(tmp_path) == ["run.pt"]
 
+
+
+def test_a_record_of_undecodable_bytes_is_named(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_bytes(b"\xff\xfe{not text")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        records.read_json(str(path))
+
+
+def test_unless_default_fields_with_a_default_factory_are_left_out_at_their_default():
+    @dataclass
+    class WithFactory:
+        lr: float = 0.1
+        options: dict = field(default_factory=dict, metadata={"identity": "unless-default"})
+
+    assert records.config_identity(WithFactory()) == {"lr": 0.1}
+    assert records.config_identity(WithFactory(options={"a": 1})) == {"lr": 0.1, "options": {"a": 1}}

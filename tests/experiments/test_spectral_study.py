@@ -1,4 +1,5 @@
-"""Spectral reports of whole networks: models by method, checkpoints, records checked against dense operators, charts."""
+"""Spectral reports of whole networks: models by method, checkpoints, records checked against dense
+operators, charts."""
 import json
 import os
 import re
@@ -142,8 +143,10 @@ def test_load_model_refuses_missing_files_other_objects_and_mismatched_weights(t
         with pytest.raises(ValueError, match=re.escape(name)):
             load_model(str(tmp_path / name))
     config = preset("test", method="bn")  # widths (4, 8, 8)
-    other = build_method_model("small_resnet", "bn", in_channels=3, num_classes=10, model_options={"widths": (4, 8, 16)})
-    save_checkpoint(str(tmp_path / "wrong.pt"), {"config": model_description(config, 3, 10), "model": other.state_dict()})
+    other = build_method_model("small_resnet", "bn", in_channels=3, num_classes=10,
+                               model_options={"widths": (4, 8, 16)})
+    save_checkpoint(str(tmp_path / "wrong.pt"),
+                    {"config": model_description(config, 3, 10), "model": other.state_dict()})
     with pytest.raises(RuntimeError):
         load_model(str(tmp_path / "wrong.pt"))
 
@@ -249,7 +252,8 @@ def test_a_model_by_name_is_seeded_and_measured_at_each_layers_input(tmp_path):
     again = report("c", "plain", 0)
     assert again["report"] == plain["report"]  # same seed, same initialization, same numbers
     other = report("d", "plain", 1)
-    assert [r["spectral_norm"] for r in other["report"]["rows"]] != [r["spectral_norm"] for r in plain["report"]["rows"]]
+    norms = lambda record: [r["spectral_norm"] for r in record["report"]["rows"]]  # noqa: E731
+    assert norms(other) != norms(plain)
 
 
 def test_a_missing_checkpoint_is_refused_before_anything_is_written(tmp_path):
@@ -262,11 +266,13 @@ def test_a_missing_checkpoint_is_refused_before_anything_is_written(tmp_path):
 
 def _spectral_record(folder, label, norms, gaps, upper, lower=None, kind="spectral"):
     rows = [dict(name=f"layer{i}", type="Conv2d" if g is not None else "Linear", input_shape=[1, 2, 4, 4],
-                 spectral_norm=n, converged=True, **({} if g is None else dict(isometry_gap_max=g, isometry_gap_mean=g)))
+                 spectral_norm=n, converged=True,
+                 **({} if g is None else dict(isometry_gap_max=g, isometry_gap_mean=g)))
             for i, (n, g) in enumerate(zip(norms, gaps))]
     report = dict(input_shape=[1, 2, 4, 4], rows=rows, lipschitz_upper=upper, lipschitz_lower=lower,
                   lower_bound_inputs=0 if lower is None else 4, settings={})
-    return write_json(os.path.join(folder, f"{label}.json"), {"kind": kind, "config": {"label": label}, "report": report})
+    return write_json(os.path.join(folder, f"{label}.json"),
+                      {"kind": kind, "config": {"label": label}, "report": report})
 
 
 def _md_rows(text, first_cell_pattern):
@@ -338,3 +344,16 @@ def test_chart_refuses_no_records_other_kinds_and_different_architectures(tmp_pa
     with pytest.raises(ValueError, match="different numbers of layers"):
         chart_spectral_reports([spectral, shorter], str(tmp_path / "out2"))
     assert not (tmp_path / "out2" / "comparison.md").exists()
+
+
+def test_chart_refuses_two_records_with_one_label_and_writes_nothing(tmp_path):
+    os.makedirs(tmp_path / "x")
+    os.makedirs(tmp_path / "y")
+    a = _spectral_record(str(tmp_path / "x"), "same", [1.0, 2.0], [0.1, None], 2.0)
+    b = _spectral_record(str(tmp_path / "y"), "same", [3.0, 4.0], [0.2, None], 4.0)
+    with pytest.raises(ValueError, match="label 'same' is used by another record"):
+        chart_spectral_reports([a, b], str(tmp_path / "out"))
+    shorter = _spectral_record(str(tmp_path), "b", [1.0], [0.1], 1.0)
+    with pytest.raises(ValueError, match="different numbers of layers"):
+        chart_spectral_reports([a, shorter], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # neither the chart nor the table was written

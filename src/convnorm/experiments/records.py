@@ -57,7 +57,9 @@ def config_identity(config: Any) -> Dict[str, Any]:
     for f in dataclasses.fields(config):
         rule = f.metadata.get("identity", True)
         value = getattr(config, f.name)
-        if rule is False or (rule == "unless-default" and value == f.default):
+        default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
+            else f.default
+        if rule is False or (rule == "unless-default" and value == default):
             continue
         out[f.name] = value
     return json.loads(json.dumps(out))  # tuples become lists, as they are in a JSON record
@@ -90,7 +92,7 @@ def read_json(path: str) -> Any:
     try:
         with open(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"corrupt JSON record {path}: {err}") from err
 
 

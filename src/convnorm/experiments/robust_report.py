@@ -56,10 +56,18 @@ def _differences(cfg: Dict[str, Any]) -> str:
         ("eps", "training eps", _eps_text), ("step", "FGSM step", _eps_text),
         ("perturbation_reset", "delta reset", str), ("augment", "augmentation", str),
         ("eval_pgd_steps", "PGD steps", str), ("eval_pgd_step", "PGD step", _eps_text),
-        ("eval_restarts", "PGD restarts", str),
+        ("eval_restarts", "PGD restarts", str), ("momentum", "momentum", lambda v: f"{v:g}"),
+        ("gamma", "lr step factor", lambda v: f"{v:g}"),
+        ("model_options", "model options", lambda v: ", ".join(f"{k} {v[k]}" for k in sorted(v)) or "none"),
     ]
     diffs = [f"{label} {fmt(cfg[key])} (published: {fmt(paper[key])})" for key, label, fmt in fields
-             if key in cfg and cfg[key] != paper[key]]
+             if key in cfg and cfg[key] != paper.get(key)]
+    # The attack radius: eval_eps, or the training eps when unset (as AdvConfig.attack_eps).
+    if "eps" in cfg:
+        attack = cfg["eps"] if cfg.get("eval_eps") is None else cfg["eval_eps"]
+        published_attack = paper["eps"] if paper.get("eval_eps") is None else paper["eval_eps"]
+        if attack != published_attack:
+            diffs.append(f"attack eps {_eps_text(attack)} (published: {_eps_text(published_attack)})")
     samples = cfg.get("eval_samples")
     test = "the whole test set" if samples is None else f"the first {samples} test images"
     if not diffs:
