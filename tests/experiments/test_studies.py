@@ -174,7 +174,7 @@ def test_memorisation_study_measures_seed_0_of_every_method_clean_and_at_40_perc
 @pytest.mark.parametrize("noise,rate,expected", [("none", 0.0, "clean"), ("symmetric", 0.4, "sym0.4"),
                                                  ("symmetric", 0.8, "sym0.8"), ("asymmetric", 0.3, "asym0.3")])
 def test_trained_spectra_label_reads_back(noise, rate, expected):
-    from convnorm.experiments.trained_spectra_report import parse_label
+    from convnorm.experiments.spectral_study import parse_label
 
     config = preset("test", method="convnorm-paper", noise=noise, noise_rate=rate, seed=3)
     label = studies.trained_spectra_label(config)

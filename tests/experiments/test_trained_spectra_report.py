@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from convnorm.experiments.records import write_json
 from convnorm.experiments.published import PAPER_TRAINED_NORMS
-from convnorm.experiments.trained_spectra_report import FOLDER, parse_label, trained_spectra_section
+from convnorm.experiments.spectral_study import parse_label
+from convnorm.experiments.trained_spectra_report import FOLDER, trained_spectra_section
 
 _NAME = "cifar10-resnet18-bn-clean-frac0.2-s0-abc"
 

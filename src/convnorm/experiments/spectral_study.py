@@ -7,8 +7,9 @@ draws the per-layer comparison chart and table from records only.
 from __future__ import annotations
 
 import os
+import re
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +17,27 @@ from torch import nn
 from convnorm.experiments.records import new_record, read_json, write_json
 from convnorm.spectral import NetworkReport, network_report, plot_layer_norms
 
-__all__ = ["load_model", "run_spectral_report", "chart_spectral_reports"]
+__all__ = ["load_model", "run_spectral_report", "chart_spectral_reports", "format_label", "parse_label"]
+
+
+#: The label of a trained run's spectral record: ``<method>-<labels>-seed<k>``.
+_LABEL = re.compile(r"^(?P<method>.+)-(?P<labels>clean|(?:sym|asym)[0-9.]+)-seed(?P<seed>\d+)$")
+
+
+def format_label(method: str, noise: str, noise_rate: float, seed: int) -> str:
+    """The label of a run's spectral record, ``<method>-<labels>-seed<k>``: labels ``clean``,
+    or ``sym``/``asym`` and the rate (``sym0.4``); :func:`parse_label` reads it back."""
+    labels = "clean" if noise == "none" or noise_rate == 0 else \
+        f"{'sym' if noise == 'symmetric' else 'asym'}{noise_rate:g}"
+    return f"{method}-{labels}-seed{seed}"
+
+
+def parse_label(label: str) -> Optional[Dict[str, Any]]:
+    """``{"method", "labels", "seed"}`` of a label ``<method>-<labels>-seed<k>``, else None."""
+    m = _LABEL.match(label)
+    if m is None:
+        return None
+    return {"method": m["method"], "labels": m["labels"], "seed": int(m["seed"])}
 
 
 def load_model(checkpoint: str, *, map_location: str = "cpu") -> nn.Module:

@@ -24,7 +24,7 @@ from convnorm.experiments.gan import run_name as gan_run_name
 from convnorm.experiments.records import read_json
 from convnorm.experiments.robust import AdvConfig, adv_preset, adv_run_name, train_free_at
 from convnorm.experiments.train import TrainConfig, preset, run_name, train
-from convnorm.experiments.trained_spectra_report import format_label
+from convnorm.experiments.spectral_study import format_label
 
 __all__ = ["STUDIES", "STUDY_SPECTRA", "study_configs", "run_config", "config_name", "claim_run", "run_is_claimed",
            "trained_spectra_label", "take_trained_spectra", "run_study", "study_states"]
@@ -146,7 +146,7 @@ STUDY_SPECTRA: Dict[str, Tuple[Callable[[StudyConfig], bool], str, Tuple[int, ..
 
 
 def trained_spectra_label(config: TrainConfig) -> str:
-    """The spectral record's label of a run (:func:`trained_spectra_report.format_label`)."""
+    """The spectral record's label of a run (:func:`spectral_study.format_label`)."""
     return format_label(config.method, config.noise, config.noise_rate, config.seed)
 
 

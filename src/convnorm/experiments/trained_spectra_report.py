@@ -19,17 +19,17 @@ reads ``<method>-<labels>-seed<k>`` (as ``bn-sym0.4-seed0``).
 from __future__ import annotations
 
 import os
-import re
 import statistics
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from convnorm.experiments.figures import pyplot, save_figure
 from convnorm.experiments.memorisation_report import setting_text
 from convnorm.experiments.published import PAPER_TRAINED_NORMS
 from convnorm.experiments.records import iter_records
+from convnorm.experiments.spectral_study import parse_label
 from convnorm.experiments.stats import method_key
 
-__all__ = ["FOLDER", "format_label", "parse_label", "trained_spectra_section"]
+__all__ = ["FOLDER", "trained_spectra_section"]
 
 #: Where the spectral records of the study's trained networks go.
 FOLDER = "memorisation-trained"
@@ -37,24 +37,7 @@ FOLDER = "memorisation-trained"
 # Which of the paper's ranges a method's conv layers compare with.
 _PAPER_KIND = {"bn": "vanilla conv (BN network)", "convnorm-paper": "ConvNorm", "convnorm+bn": "ConvNorm",
                "convnorm": "ConvNorm"}
-_LABEL = re.compile(r"^(?P<method>.+)-(?P<labels>clean|(?:sym|asym)[0-9.]+)-seed(?P<seed>\d+)$")
 _COLOURS = {"vanilla conv (BN network)": "tab:blue", "ConvNorm": "tab:orange"}
-
-
-def format_label(method: str, noise: str, noise_rate: float, seed: int) -> str:
-    """The label of a run's spectral record, ``<method>-<labels>-seed<k>``: labels ``clean``,
-    or ``sym``/``asym`` and the rate (``sym0.4``); :func:`parse_label` reads it back."""
-    labels = "clean" if noise == "none" or noise_rate == 0 else \
-        f"{'sym' if noise == 'symmetric' else 'asym'}{noise_rate:g}"
-    return f"{method}-{labels}-seed{seed}"
-
-
-def parse_label(label: str) -> Optional[Dict[str, Any]]:
-    """``{"method", "labels", "seed"}`` of a label ``<method>-<labels>-seed<k>``, else None."""
-    m = _LABEL.match(label)
-    if m is None:
-        return None
-    return {"method": m["method"], "labels": m["labels"], "seed": int(m["seed"])}
 
 
 def _training_records(folder: str) -> Dict[str, Dict[str, Any]]:
