@@ -85,7 +85,7 @@ def _rows(rec, section, **match):
 
 def network_table(rows, variants, baseline):
     by = {(r["variant"], r["mode"]): r for r in rows}
-    lines = [f"| variant | train ms | train ratio | eval ms | eval ratio | saved MB | peak MB |",
+    lines = ["| variant | train ms | train ratio | eval ms | eval ratio | saved MB | peak MB |",
              "|---|---|---|---|---|---|---|"]
     for v in variants:
         t, e = by.get((v, "train")), by.get((v, "eval"))

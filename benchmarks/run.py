@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.public_algorithm import PublicConvNorm2d, convert_public
-from convnorm import ConvNorm2d, autotune, convert_convnorm, dft, fuse_for_inference
+from convnorm import ConvNorm2d, autotune, dft, fuse_for_inference
 from convnorm.experiments.methods import PAPER_BLOCK, apply_method
 from convnorm.experiments.models import cifar_resnet18
 from convnorm.experiments.models.sngan import build_discriminator
