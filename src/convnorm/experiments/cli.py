@@ -78,7 +78,7 @@ def _add_train(sub) -> None:
                                    "for DDP.")
     p.add_argument("--preset", default="cpu-fashion-mnist", choices=sorted(PRESETS),
                    help="base settings (default: cpu-fashion-mnist)")
-    p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100 or synthetic")
+    p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, synthetic, or imagefolder (with --image-folder)")
     p.add_argument("--model", help="resnet18, resnet34, resnet50, vgg16 or small_resnet")
     p.add_argument("--method", choices=METHODS, help="normalization method (see docs/experiments.md)")
     p.add_argument("--epochs", type=int)
@@ -100,6 +100,13 @@ def _add_train(sub) -> None:
                    help="score this many test images (a fixed, class-balanced part) every epoch, all at the end")
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root", help="data folder (default: $CONVNORM_DATA or ./data)")
+    p.add_argument("--image-folder", help="your own images: a folder of class subfolders (or of train/ and test/ "
+                                          "folders of them), as torchvision's ImageFolder reads it; sets --dataset "
+                                          "imagefolder")
+    p.add_argument("--image-size", type=int, help="image folder: resize the shorter side and centre-crop to this")
+    p.add_argument("--skip-corrupt", action="store_true", default=None,
+                   help="image folder: leave out files that cannot be decoded (named in a warning) instead of "
+                        "stopping")
     p.add_argument("--out", default=os.path.join("results", "runs"), help="record folder")
     p.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -296,6 +303,8 @@ def _train_command(args: argparse.Namespace) -> int:
     from convnorm.experiments.train import TrainConfig, preset, train
 
     overrides = _overrides(args, TrainConfig)
+    if overrides["image_folder"] is not None and overrides["dataset"] is None:
+        overrides["dataset"] = "imagefolder"
     if overrides["noise_rate"] and overrides["noise"] is None:
         overrides["noise"] = "symmetric"
     train(preset(args.preset, **overrides), out_dir=args.out, checkpoint_dir=args.checkpoints, device=args.device)

@@ -9,6 +9,7 @@ printed is computed from the run records.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from convnorm.experiments.figures import pyplot, save_figure
@@ -40,12 +41,56 @@ def demo_configs(methods: Sequence[str] = DEMO_METHODS, noise_rates: Sequence[fl
             for rate in noise_rates for m in methods]
 
 
+class _TimeEstimate:
+    """The demo's expected total time, from the epochs measured so far.
+
+    Each method's epoch time is its first measured epoch; a method not measured yet is
+    counted at the fastest measured one (a floor, and said to be one).
+    """
+
+    def __init__(self, configs, log: Callable[[str], None]) -> None:
+        self.epochs = [(c.method, c.epochs) for c in configs]
+        self.log = log
+        self.seconds: Dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def epoch_done(self, method: str, row: Dict[str, Any]) -> None:
+        if method in self.seconds:
+            return
+        self.seconds[method] = row["time_s"]
+        known = min(self.seconds.values())
+        total = sum(self.seconds.get(m, known) * n for m, n in self.epochs)
+        unmeasured = sorted({m for m, _ in self.epochs} - set(self.seconds))
+        if unmeasured:
+            self.log(f"demo: estimated total at least {_duration(total)} ({_label(method)} epochs take "
+                     f"{row['time_s']:.0f} s; {', '.join(_label(m) for m in unmeasured)} measured next)")
+        else:
+            self.log(f"demo: estimated total {_duration(total)} (every method's epoch measured)")
+
+    def finished(self) -> None:
+        self.log(f"demo: finished in {_duration(time.perf_counter() - self.start)}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
 def run_demo(*, out_dir: str, checkpoint_dir: str, methods: Sequence[str] = DEMO_METHODS,
              noise_rates: Sequence[float] = DEMO_NOISE_RATES, log: Callable[[str], None] = print,
              **overrides) -> List[Dict[str, Any]]:
-    """Train (or resume, or return) every demo run; returns their records in order."""
-    return [train(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, log=log)
-            for config in demo_configs(methods, noise_rates, **overrides)]
+    """Train (or resume, or return) every demo run; returns their records in order.
+
+    Logs an estimate of the total time after the first epoch (refined once every method's
+    epoch has been measured) and the elapsed time at the end.
+    """
+    configs = demo_configs(methods, noise_rates, **overrides)
+    clock = _TimeEstimate(configs, log)
+    records = [train(config, out_dir=out_dir, checkpoint_dir=checkpoint_dir, log=log,
+                     on_epoch=lambda row, method=config.method: clock.epoch_done(method, row))
+               for config in configs]
+    clock.finished()
+    return records
 
 
 def _final(records: Sequence[Dict[str, Any]], method: str, rate: float) -> Optional[float]:

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ from convnorm.experiments.corruptions import (
     train_val_split,
 )
 from convnorm.experiments.augment import normalize, random_crop_flip
-from convnorm.experiments.data import dataset_stats, load_dataset
+from convnorm.experiments.data import dataset_stats, image_statistics, load_dataset
 from convnorm.experiments.methods import METHODS, apply_method
 from convnorm.experiments.models import MODELS, build_model
 from convnorm.experiments.progress import progress_bar
@@ -86,6 +86,12 @@ class TrainConfig:
     # images (0: all of it); the last epoch is always scored on the whole test set as well.
     test_subset: int = field(default=0, metadata={"identity": "unless-default"})
     data_root: Optional[str] = field(default=None, metadata={"identity": False})
+    # dataset "imagefolder": the user's folder of class subfolders (part of the identity: the
+    # folder is the data), the side images are resized and centre-cropped to (0: their own
+    # size), and whether undecodable files are left out (with a warning) rather than an error.
+    image_folder: Optional[str] = field(default=None, metadata={"identity": "unless-default"})
+    image_size: int = field(default=0, metadata={"identity": "unless-default"})
+    skip_corrupt: bool = field(default=False, metadata={"identity": "unless-default"})
 
     def validate(self) -> None:
         validate_common(self)
@@ -97,6 +103,11 @@ class TrainConfig:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if (self.dataset == "imagefolder") != (self.image_folder is not None):
+            raise ValueError("dataset 'imagefolder' and image_folder go together: give the folder of class "
+                             "subfolders with --image-folder (and --dataset imagefolder)")
+        if self.image_size < 0:
+            raise ValueError(f"image_size must be 0 (the images' own size) or positive, got {self.image_size}")
         if self.test_subset < 0:
             raise ValueError(f"test_subset must be 0 (the whole test set) or positive, got {self.test_subset}")
 
@@ -192,8 +203,13 @@ class PreparedData:
 
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Load, subsample, corrupt and split the data of a run, deterministically from its seed."""
-    train = load_dataset(config.dataset, train=True, root=config.data_root)
-    test = load_dataset(config.dataset, train=False, root=config.data_root)
+    if config.dataset == "imagefolder":
+        folder = dict(root=os.path.abspath(config.image_folder), image_size=config.image_size or None,
+                      skip_corrupt=config.skip_corrupt)
+        train, test = (load_dataset("imagefolder", train=split, **folder) for split in (True, False))
+    else:
+        train = load_dataset(config.dataset, train=True, root=config.data_root)
+        test = load_dataset(config.dataset, train=False, root=config.data_root)
     images, clean = train.images, train.labels
     if config.train_fraction < 1:
         keep = per_class_subset(clean, config.train_fraction, seed=config.seed)
@@ -207,7 +223,8 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         noisy = clean.clone()
     # Validation comes from the noisy training set, as it would in practice.
     tr, va = train_val_split(noisy, config.val_fraction, seed=config.seed)
-    mean, std = dataset_stats(config.dataset)
+    # An image folder has no published statistics: those of its training part (after the split).
+    mean, std = image_statistics(images[tr]) if config.dataset == "imagefolder" else dataset_stats(config.dataset)
     part = torch.arange(len(test))
     if 0 < config.test_subset < len(test):
         # One fixed part for every run (seed 0), so all runs' curves score the same images.
@@ -287,6 +304,7 @@ def train(
     device: Optional[str] = None,
     stop_after_epoch: Optional[int] = None,
     log=print,
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> Dict[str, Any]:
     """Train (or resume, or return the finished run of) ``config``; returns the record.
 
@@ -299,13 +317,15 @@ def train(
         stop_after_epoch: return after this many epochs in total, as an interruption would
             (the record stays ``"running"``; a later call resumes).
         log: where the log goes (rank 0 only): a line per epoch, and one when the run is complete.
+        on_epoch: called (rank 0 only) with each epoch's row of the record as it finishes
+            (``epoch``, ``time_s``, accuracies...), for progress displays.
     """
     config.validate()
     created_group = _maybe_init_distributed()
     rank, world = _dist_info()
     try:
         return _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log if rank == 0 else None,
-                      rank, world)
+                      rank, world, on_epoch if rank == 0 else None)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -315,7 +335,7 @@ def train(
 HEADLINE = ("final_test_acc", "best_val_acc", "best_val_epoch", "best_val_test_acc", "epochs")
 
 
-def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank, world):
+def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank, world, on_epoch=None):
     name = run_name(config)
     run = Run(name, config.identity(), out_dir, checkpoint_dir, HEADLINE)
     record_path, state_path = run.record_path, run.checkpoint_path
@@ -439,6 +459,8 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
             mem = "" if row["memorized_noisy"] is None else f" memorized-noisy {row['memorized_noisy']:.3f}"
             log(f"{name} epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
                 f"train {row['train_acc']:.4f}{mem} val {val_acc:.4f} test {test_acc:.4f} ({epoch_time:.1f} s)")
+        if on_epoch is not None:
+            on_epoch(row)
         if record["status"] == "diverged":
             break
     if rank == 0 and start_epoch >= end_epoch and record["epochs"]:
