@@ -29,13 +29,7 @@ from convnorm.experiments.robust_report import report_section
 MEAN, STD = (0.5, 0.5, 0.5), (0.22, 0.22, 0.22)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on two busy cores are many times slower than one for these tiny models.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cnn() -> nn.Module:

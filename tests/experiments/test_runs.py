@@ -16,12 +16,7 @@ from convnorm.experiments.studies import config_name, run_config
 from convnorm.experiments.train import preset, run_name, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _FakeFeatures:

@@ -26,12 +26,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 TINY = dict(in_channels=3, num_classes=5, model_options={"widths": (4, 8, 8)})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _convs(model):
