@@ -3,7 +3,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install reference-files demo test bench report fashion-mnist clean
+ZOO := .venv-zoo
+
+.PHONY: install reference-files demo test test-zoo bench report fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,20 @@ demo: install fashion-mnist
 test: install reference-files
 	$(PY) -m pytest
 
+# The model zoo: torchvision and timm models converted and checked, in an environment of their
+# own (torch 2.14.1 + torchvision 0.29.1, the pair that installs from this platform's files, and
+# timm); the main environment keeps the CPU torch 2.13 wheel.
+$(ZOO)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ZOO)
+	$(ZOO)/bin/python -m pip install --quiet --upgrade pip
+	$(ZOO)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(ZOO)/bin/python -m pip install --quiet timm==1.0.31 pytest numpy
+	$(ZOO)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-zoo: $(ZOO)/.installed
+	$(ZOO)/bin/python -m pytest -p no:cacheprovider tests_zoo
+
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.report
@@ -47,4 +63,4 @@ report: install
 	$(VENV)/bin/convnorm report results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(ZOO) .pytest_cache .hypothesis

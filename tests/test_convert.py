@@ -110,3 +110,18 @@ def test_revert_restores_plain_convs_with_the_same_weights():
     plain = revert_convnorm(model)
     assert count(plain, _ConvNormNd) == 0 and count(plain, nn.Conv2d) == 10
     assert plain.layer1[0].conv1.weight is weight
+
+
+def test_a_conv_convnorm_cannot_take_is_left_with_a_warning_naming_it():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(4, 4, 3)))
+    model[1][0].padding_mode = "bogus"  # a mode ConvNorm does not take
+    with pytest.warns(UserWarning, match=r"left 1\.0 .* as it is: padding_mode must be one of"):
+        out = convert_convnorm(model)
+    assert isinstance(out[0], ConvNorm2d) and type(out[1][0]) is nn.Conv2d
+
+
+def test_bad_options_fail_once_before_anything_is_converted():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        convert_convnorm(model, algorithm="winograd")
+    assert type(model[0]) is nn.Conv2d

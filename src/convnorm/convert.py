@@ -1,6 +1,8 @@
 """Model conversion: plain convolutions to ConvNorm and back."""
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from convnorm.modules import ConvNorm1d, ConvNorm2d, ConvNorm3d, _ConvNormNd
@@ -43,31 +45,47 @@ def convert_convnorm(module: nn.Module, batchnorm: str = "keep", **convnorm_kwar
 
     Only modules whose type is exactly ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d`` are
     converted: subclasses (parametrized convs, weight-standardized convs, ...) define a
-    different operator and are left alone, as are transposed convolutions.
+    different operator and are left alone, as are transposed convolutions. A conv that
+    ConvNorm cannot take is left as it is, with a warning that names it.
 
     Args:
         module: any ``nn.Module`` (Sequential, nested, attribute-style).
         batchnorm: ``'keep'`` leaves BatchNorm layers in place (ConvNorm + BN, the paper's
             default); ``'remove'`` replaces every BatchNorm/SyncBatchNorm with ``nn.Identity``.
         **convnorm_kwargs: keyword options for the ConvNorm layers (``affine``, ``eps``,
-            ``affine_init``, ``preconditioner_grad``, ``track_running_spectrum``, ``momentum``).
+            ``affine_init``, ``preconditioner_grad``, ``track_running_spectrum``, ``momentum``,
+            ``algorithm``).
 
     Returns:
         the converted module.
+
+    Raises:
+        ValueError, TypeError: ``batchnorm`` or an option in ``convnorm_kwargs`` is invalid
+            (checked once, before anything is converted).
 
     Example:
         >>> model = convert_convnorm(torchvision.models.resnet18(), batchnorm="remove")
     """
     if batchnorm not in _BATCHNORM_CHOICES:
         raise ValueError(f"batchnorm must be one of {_BATCHNORM_CHOICES}, got {batchnorm!r}")
+    ConvNorm1d(1, 1, 1, **convnorm_kwargs)  # a bad option fails here, not once per conv
+    return _convert(module, batchnorm, convnorm_kwargs, "")
+
+
+def _convert(module: nn.Module, batchnorm: str, convnorm_kwargs, name: str) -> nn.Module:
     output = module
     target_cls = _TO_CONVNORM.get(type(module))
     if target_cls is not None:
-        output = _copy_conv(module, target_cls, **convnorm_kwargs)
+        try:
+            output = _copy_conv(module, target_cls, **convnorm_kwargs)
+        except (ValueError, TypeError, RuntimeError) as error:
+            warnings.warn(f"convert_convnorm: left {name or 'the root module'} ({module}) as it is: {error}",
+                          stacklevel=3)
     elif batchnorm == "remove" and isinstance(module, nn.modules.batchnorm._BatchNorm):
         output = nn.Identity()
-    for name, child in module.named_children():
-        output.add_module(name, convert_convnorm(child, batchnorm, **convnorm_kwargs))
+    for child_name, child in module.named_children():
+        output.add_module(child_name, _convert(child, batchnorm, convnorm_kwargs,
+                                               f"{name}.{child_name}" if name else child_name))
     return output
 
 
