@@ -86,3 +86,79 @@ def test_gpu_paths_match_the_cpu_paths(algorithm):
     assert (gpu.cpu() - cpu).abs().max() < 1e-10
     for a, b in zip(gpu_grads, cpu_grads):
         assert (a.cpu() - b).abs().max() < 1e-10
+
+
+# -- regressions found in review --------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["spatial", "fourier"])
+def test_second_derivatives(algorithm):
+    """A backward that is itself differentiated (gradient penalties, Jacobian norms)."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 2, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    grid = CF.spectrum_grid_size((5, 5), 3, padding=1)
+    fixed = CF.preconditioner_spectrum(w.detach(), grid)
+    fn = lambda x, w: CF.conv_norm(x, w, None, 2, 1, spectrum=fixed, algorithm=algorithm)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_jacobian_norms_of_a_fourier_model():
+    from torch import nn
+
+    from convnorm import ConvNorm2d
+    from convnorm.spectral import input_jacobian_norms
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ConvNorm2d(3, 4, 3, padding=1, algorithm="fourier"), nn.ReLU()).eval()
+    norms = input_jacobian_norms(model, torch.randn(2, 3, 8, 8), iterations=3)
+    assert torch.isfinite(torch.as_tensor(norms)).all()
+
+
+def test_autocast_leaves_the_fourier_path_and_its_cache_in_float32():
+    from convnorm import ConvNorm2d
+
+    torch.manual_seed(0)
+    m = ConvNorm2d(8, 8, 3, padding=1, affine_init="random", algorithm="fourier").eval()
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        clean = m(x)
+        m.clear_spectrum_cache()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(x)
+        after = m(x)  # served from what the autocast forward cached
+    assert (after - clean).abs().max() < 1e-5
+
+
+def test_the_cache_never_serves_a_new_tensor_at_a_recycled_address():
+    from torch.func import functional_call
+
+    from convnorm import ConvNorm2d
+
+    m = ConvNorm2d(4, 6, 3, padding=1, algorithm="fourier", dtype=torch.float64).eval()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(4):
+            w = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+            y = functional_call(m, {"weight": w}, (x,))
+            expected = CF.conv_norm(x, w, None, 1, 1, affine_weight=m.affine_weight, affine_bias=m.affine_bias,
+                                    algorithm="spatial")
+            assert (y - expected).abs().max() < 1e-10
+            del w, y
+
+
+@pytest.mark.parametrize("algorithm", ["spatial", "fourier"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_mode_then_training(algorithm, dtype):
+    from convnorm import ConvNorm2d
+
+    m = ConvNorm2d(4, 6, 3, padding=1, algorithm=algorithm, dtype=dtype)
+    x = torch.randn(2, 4, 8, 8, dtype=dtype)
+    m.eval()
+    with torch.inference_mode():
+        inferred = m(x)
+    m.train()
+    m(x).sum().backward()  # nothing made under inference mode is saved for this backward
+    assert m.weight.grad is not None
+    m.eval()
+    with torch.no_grad():
+        assert (m(x) - inferred).abs().max() < 1e-5

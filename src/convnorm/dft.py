@@ -108,8 +108,9 @@ def _steps(in_size: Sequence[int], grid: Sequence[int], stride: Sequence[int], o
     for m in range(n - 1):
         inverse.append((_inverse_c2c(positions[m], grid[m]), math.prod(out_size[:m])))
     inverse.append((_inverse_c2r(positions[-1], grid[-1]), math.prod(out_size[:-1])))
-    cast = lambda steps: tuple((mat.to(dtype=dtype, device=device).contiguous(), a) for mat, a in steps)
-    value = (cast(forward), cast(inverse))
+    with torch.inference_mode(False):  # a cached constant must serve outside inference mode too
+        cast = lambda steps: tuple((mat.to(dtype=dtype, device=device).contiguous(), a) for mat, a in steps)
+        value = (cast(forward), cast(inverse))
     if len(_MATRIX_CACHE) > 256:
         _MATRIX_CACHE.clear()
     _MATRIX_CACHE[key] = value
@@ -234,15 +235,26 @@ class _FourierConvNorm(torch.autograd.Function):
                 out[:, rows].mul_(output_scale[rows])
         out = _group_minor(out, groups, n_freq)
         out = _apply(inverse_steps, out).reshape(*out_size, b * c_out)
-        ctx.save_for_backward(spec, kernel, output_scale, table)
+        ctx.save_for_backward(spec, kernel, output_scale, table, x)
         ctx.meta = (groups, n_freq, c_out, forward_steps, inverse_steps, tuple(x.shape), out_size,
                     x.is_contiguous())
         return _channels_innermost(out, b, c_out)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        spec, kernel, output_scale, table = ctx.saved_tensors
+        spec, kernel, output_scale, table, x = ctx.saved_tensors
         groups, n_freq, c_out, forward_steps, inverse_steps, x_shape, out_size, x_contiguous = ctx.meta
+        if torch.is_grad_enabled():
+            # A backward that will itself be differentiated (create_graph=True, gradient
+            # penalties, Jacobian norms): autograd through a plain-ops twin of the forward.
+            wanted = [t for t, need in zip((x, kernel), ctx.needs_input_grad[:2]) if need]
+            with torch.enable_grad():
+                out = _differentiable_forward(x, kernel, output_scale, table, groups, c_out, forward_steps,
+                                              inverse_steps, out_size)
+                grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+            grad_x = next(grads) if ctx.needs_input_grad[0] else None
+            grad_kernel = next(grads) if ctx.needs_input_grad[1] else None
+            return grad_x, grad_kernel, None, None, None, None, None, None, None
         n = len(out_size)
         b, c_in = x_shape[:2]
         c_in_g, c_out_g = c_in // groups, c_out // groups
@@ -287,6 +299,25 @@ class _FourierConvNorm(torch.autograd.Function):
         return grad_x, grad_kernel, None, None, None, None, None, None, None
 
 
+def _differentiable_forward(x: Tensor, kernel: Tensor, output_scale: Optional[Tensor], table: Optional[Tensor],
+                            groups: int, c_out: int, forward_steps: _Steps, inverse_steps: _Steps,
+                            out_size: Tuple[int, ...]) -> Tensor:
+    """:class:`_FourierConvNorm`'s forward in out-of-place operations autograd can trace twice."""
+    b, c_in = x.shape[:2]
+    n = x.dim() - 2
+    spec = _apply(forward_steps, _columns_first(x, n))
+    n_freq = spec.numel() // (2 * b * c_in)
+    spec = _group_major(spec.reshape(2, n_freq, b, c_in), groups)
+    c_in_g, c_out_g = c_in // groups, c_out // groups
+    w = _kernel_chunk(kernel, table, 0, n_freq, groups, c_in_g, c_out_g)
+    out = torch.stack([torch.bmm(spec[0], w[0]) - torch.bmm(spec[1], w[1]),
+                       torch.bmm(spec[0], w[1]) + torch.bmm(spec[1], w[0])])
+    if output_scale is not None:
+        out = out * output_scale
+    out = _apply(inverse_steps, _group_minor(out, groups, n_freq)).reshape(*out_size, b * c_out)
+    return _channels_innermost(out, b, c_out)
+
+
 def _kernel_chunk(kernel: Tensor, table: Optional[Tensor], f0: int, f1: int, groups: int, c_in_g: int,
                   c_out_g: int) -> Tensor:
     """The kernel spectrum at frequencies [f0, f1): (2, (f1 - f0) g, C_in/g, C_out/g)."""
@@ -325,7 +356,8 @@ def fourier_conv_norm(x: Tensor, kernel: Tensor, grid: Sequence[int], stride: Se
     Returns:
         ``(B, C_out, *out_size)`` in the working dtype of ``kernel``.
     """
-    dtype = kernel.dtype
+    dtype = torch.float64 if kernel.dtype == torch.float64 else torch.float32  # the working dtype
+    kernel = kernel.to(dtype)
     steps = _steps(x.shape[2:], grid, stride, out_size, dtype, x.device)
     if output_scale is not None:
         output_scale = output_scale.detach().to(dtype).contiguous()

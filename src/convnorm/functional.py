@@ -21,6 +21,7 @@ Two facts keep the work small and exact:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -112,13 +113,18 @@ def _lag_index(kernel: Tuple[int, ...], device) -> Tensor:
     """For each tap pair (t, t'), the flat index of the lag t - t' + (k - 1)."""
     key = (kernel, str(device))
     if key not in _LAG_INDEX_CACHE:
-        coords = torch.stack(torch.meshgrid(*[torch.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, len(kernel))
-        lag = coords[:, None, :] - coords[None, :, :] + torch.tensor(kernel) - 1  # (t, t', n)
-        flat = torch.zeros(lag.shape[:2], dtype=torch.long)
-        for m, k in enumerate(kernel):
-            flat = flat * (2 * k - 1) + lag[..., m]
-        _LAG_INDEX_CACHE[key] = flat.reshape(-1).to(device)
+        with torch.inference_mode(False):  # a cached constant must serve outside inference mode too
+            _LAG_INDEX_CACHE[key] = _lag_index_table(kernel, device)
     return _LAG_INDEX_CACHE[key]
+
+
+def _lag_index_table(kernel: Tuple[int, ...], device) -> Tensor:
+    coords = torch.stack(torch.meshgrid(*[torch.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, len(kernel))
+    lag = coords[:, None, :] - coords[None, :, :] + torch.tensor(kernel) - 1  # (t, t', n)
+    flat = torch.zeros(lag.shape[:2], dtype=torch.long)
+    for m, k in enumerate(kernel):
+        flat = flat * (2 * k - 1) + lag[..., m]
+    return flat.reshape(-1).to(device)
 
 
 def _working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -434,20 +440,25 @@ def _tap_phases(plan: _Plan, kernel: Sequence[int], dilation: Sequence[int], dev
     key = (plan.grid, plan.shift, tuple(kernel), tuple(dilation), str(device))
     table = _TAP_PHASE_CACHE.get(key)
     if table is None:
-        n = len(kernel)
-        phase = torch.ones((1, 1), dtype=torch.complex128)
-        for m in range(n):
-            offsets = plan.shift[m] - torch.arange(kernel[m]) * dilation[m]
-            pm = _phase_matrix(plan.grid[m], offsets, m == n - 1, "cpu")  # (F_m, k_m)
-            # Row-major over frequencies and taps, as rfftn and the weight lay them out.
-            phase = (phase[:, None, :, None] * pm[None, :, None, :]).reshape(
-                phase.shape[0] * pm.shape[0], phase.shape[1] * kernel[m]
-            )
-        table = torch.stack([phase.real, phase.imag], dim=0).to(device)
+        with torch.inference_mode(False):  # a cached constant must serve outside inference mode too
+            table = _tap_phase_table(plan, kernel, dilation, device)
         if len(_TAP_PHASE_CACHE) > 256:
             _TAP_PHASE_CACHE.clear()
         _TAP_PHASE_CACHE[key] = table
     return table
+
+
+def _tap_phase_table(plan: _Plan, kernel: Sequence[int], dilation: Sequence[int], device) -> Tensor:
+    n = len(kernel)
+    phase = torch.ones((1, 1), dtype=torch.complex128)
+    for m in range(n):
+        offsets = plan.shift[m] - torch.arange(kernel[m]) * dilation[m]
+        pm = _phase_matrix(plan.grid[m], offsets, m == n - 1, "cpu")  # (F_m, k_m)
+        # Row-major over frequencies and taps, as rfftn and the weight lay them out.
+        phase = (phase[:, None, :, None] * pm[None, :, None, :]).reshape(
+            phase.shape[0] * pm.shape[0], phase.shape[1] * kernel[m]
+        )
+    return torch.stack([phase.real, phase.imag], dim=0).to(device)
 
 
 def _taps_first(weight: Tensor, groups: int) -> Tensor:
@@ -469,7 +480,9 @@ def _kernel_spectrum(weight: Tensor, plan: _Plan, dilation: Sequence[int], group
     """
     c_out, c_in_g = weight.shape[:2]
     table = _tap_phases(plan, weight.shape[2:], dilation, weight.device)  # (2, F, K)
-    kernel = table.to(_working_dtype(weight.dtype)).reshape(-1, table.shape[-1]) @ _taps_first(weight, groups)
+    # In the working dtype whatever autocast is in force: the whole Fourier path runs in it.
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        kernel = table.to(_working_dtype(weight.dtype)).reshape(-1, table.shape[-1]) @ _taps_first(weight, groups)
     return kernel.reshape(2, table.shape[1] * groups, c_in_g, c_out // groups)
 
 
@@ -487,7 +500,8 @@ def _spectral_weight(
     in, ``(2, F * groups, C_in/g, C_out/g)``; what eval caches, and what carries the
     gradient to v̂ when ``preconditioner_grad`` is on."""
     kernel = _kernel_spectrum(weight, plan, dilation, groups)
-    return kernel * _frequency_major(spectrum.to(kernel.dtype), groups)
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        return kernel * _frequency_major(spectrum.to(kernel.dtype), groups)
 
 
 def _apply_spectrum(c: Tensor, spectrum: Tensor, plan: _Plan) -> Tensor:
@@ -662,14 +676,21 @@ class SpectrumCache:
         """Forget everything (needed only after writing the weight through ``.data``)."""
         self._entries = {}
 
-    def _get(self, key: tuple, stamp: tuple, compute) -> Tensor:
+    def _get(self, key: tuple, sources: Tuple[Tensor, ...], compute) -> Tensor:
+        """The cached value of ``key`` if it was computed from these very tensors (identity,
+        storage and version counter), else ``compute()``, stored."""
+        if torch.is_inference_mode_enabled() or any(t.is_inference() for t in sources):
+            return compute()  # inference tensors have no version counter; nothing made here is kept
+        stamp = tuple((t._version, t.data_ptr()) for t in sources)
         hit = self._entries.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
+        if hit is not None and hit[1] == stamp and all(r() is t for r, t in zip(hit[0], sources)):
+            return hit[2]
         if len(self._entries) >= self.LIMIT:
             self._entries = {}
         value = compute()
-        self._entries[key] = (stamp, value)
+        # Weak references: a new tensor at a recycled address, with a fresh version counter,
+        # must not match an entry of the tensor that lived there before.
+        self._entries[key] = (tuple(weakref.ref(t) for t in sources), stamp, value)
         return value
 
     def spectrum(self, weight: Tensor, plan: _Plan, dilation: Sequence[int], eps: float) -> Tensor:
@@ -677,8 +698,7 @@ class SpectrumCache:
         if _is_compiling():
             return spectrum_for_plan(weight, plan, dilation, eps, False)
         key = ("spectrum", plan.grid, plan.active, tuple(dilation), weight.device, weight.dtype, eps)
-        return self._get(key, (weight._version, weight.data_ptr()),
-                         lambda: spectrum_for_plan(weight, plan, dilation, eps, False))
+        return self._get(key, (weight,), lambda: spectrum_for_plan(weight, plan, dilation, eps, False))
 
     def spectral_weight(self, weight: Tensor, spectrum: Tensor, plan: _Plan, dilation: Sequence[int], groups: int,
                         algorithm: str) -> Optional[Tensor]:
@@ -689,8 +709,7 @@ class SpectrumCache:
         if (torch.is_grad_enabled() and weight.requires_grad) or spectrum.requires_grad or _is_compiling():
             return None
         key = ("spectral_weight", plan.grid, plan.shift, tuple(dilation), weight.device, weight.dtype, groups)
-        stamp = (weight._version, weight.data_ptr(), spectrum._version, spectrum.data_ptr())
-        return self._get(key, stamp, lambda: _spectral_weight(weight, spectrum, plan, dilation, groups))
+        return self._get(key, (weight, spectrum), lambda: _spectral_weight(weight, spectrum, plan, dilation, groups))
 
 
 def _is_compiling() -> bool:
