@@ -189,15 +189,15 @@ def study_cost_table(records):
     rec = max(cpu, key=lambda r: r["date"])
     lines = ["| method | measured process-hours | train-step ratio to bn (1 thread) | re-estimated process-hours |",
              "|---|---|---|---|"]
+    new_total = 0.0
     for method in sorted(hours):
         rows = _rows(rec, "study_network", threads=1, variant=method, mode="train")
         ratio = rows[0]["ratio"] if rows else None
         estimate = hours["bn"] * ratio if ratio is not None else hours[method]
+        new_total += estimate
         lines.append(f"| {method} | {hours[method]:.1f} | {fmt(ratio)} | {estimate:.1f}"
                      + ("" if ratio is not None else " (no ConvNorm: unchanged)") + " |")
     total = sum(hours.values())
-    new_total = sum(hours["bn"] * _rows(rec, "study_network", threads=1, variant=m, mode="train")[0]["ratio"]
-                    if _rows(rec, "study_network", threads=1, variant=m, mode="train") else hours[m] for m in hours)
     lines.append(f"| all | {total:.1f} | | {new_total:.1f} |")
     return [f"Record `results/{rec['_file']}` against the completed runs in `results/memorisation-cifar10/`.\n"] + lines
 

@@ -106,8 +106,8 @@ def products_floor_step(batch, cin, cout, k, stride, size, train: bool, device) 
     def step():
         dft._mix_into(y, x, w)
         if train:
-            dft._mix_into(gx, y, w.transpose(2, 3))
-            dft._mix_into(gw, x.transpose(2, 3), y)
+            dft._mix_into(gx, y, w.transpose(2, 3), conj_b=True)
+            dft._mix_into(gw, x.transpose(2, 3), y, conj_a=True)
 
     return step
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Hashable, Mapping, Sequence
 
 import torch
 
-__all__ = ["DEFAULT", "choose", "choices", "clear_cache", "is_enabled", "measurements", "set_enabled", "set_choice"]
+__all__ = ["DEFAULT", "choose", "choices", "clear_cache", "is_compiling", "is_enabled", "measurements", "set_enabled", "set_choice"]
 
 #: The path used when no measurement is made: the one that applies to every geometry.
 DEFAULT = "spatial"
@@ -66,7 +66,8 @@ def set_choice(key: Hashable, algorithm: str) -> None:
     _choices[key] = algorithm
 
 
-def _is_compiling() -> bool:
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing: nothing is timed, nor cached, then."""
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):
         return compiler.is_compiling()
@@ -103,7 +104,7 @@ def choose(key: Hashable, names: Sequence[str], candidates: Callable[[], Mapping
         return hit
     if len(names) == 1:
         return names[0]
-    if not is_enabled() or _is_compiling():
+    if not is_enabled() or is_compiling():
         return DEFAULT if DEFAULT in names else names[0]
     candidates = candidates()
     medians = {}

@@ -137,15 +137,24 @@ def _apply_transposed(steps: _Steps, t: Tensor) -> Tensor:
     return t
 
 
-def _mix_into(y: Tensor, x: Tensor, w: Tensor) -> None:
-    """y = X W per frequency and group, complex as (re, im) pairs, written into ``y``.
+def _mix_into(y: Tensor, a: Tensor, b: Tensor, *, conj_a: bool = False, conj_b: bool = False) -> None:
+    """y = A B per frequency and group, complex as (re, im) pairs, written into ``y``;
+    ``conj_a``/``conj_b`` conjugate one factor (the backward's X^H G and G W^H).
 
-    x: (2, G, B, C_in/g); w: (2, G, C_in/g, C_out/g); y: (2, G, B, C_out/g).
+    a: (2, G, M, K); b: (2, G, K, N); y: (2, G, M, N).
     """
-    torch.bmm(x[0], w[0], out=y[0])
-    y[0].baddbmm_(x[1], w[1], alpha=-1)
-    torch.bmm(x[0], w[1], out=y[1])
-    y[1].baddbmm_(x[1], w[0])
+    sa, sb = (-1 if conj_a else 1), (-1 if conj_b else 1)
+    if sa == sb == -1:
+        raise ValueError("conjugate one factor at most")
+    torch.bmm(a[0], b[0], out=y[0])
+    y[0].baddbmm_(a[1], b[1], alpha=-sa * sb)
+    # The imaginary part starts from its positive term, so no negation pass is needed.
+    if sb == 1:
+        torch.bmm(a[0], b[1], out=y[1])
+        y[1].baddbmm_(a[1], b[0], alpha=sa)
+    else:
+        torch.bmm(a[1], b[0], out=y[1])
+        y[1].baddbmm_(a[0], b[1], alpha=sb)
 
 
 #: Bytes of kernel spectrum built at a time: a chunk of frequencies stays in cache between
@@ -268,28 +277,19 @@ class _FourierConvNorm(torch.autograd.Function):
             gc = g[:, rows]
             if output_scale is not None:
                 gc = gc * output_scale[rows]
-            gr, gi = gc[0], gc[1]
             if want_kernel:
-                xr, xi = spec[0, rows].transpose(1, 2), spec[1, rows].transpose(1, 2)
-                gw = gr.new_empty(2, gr.shape[0], c_in_g, c_out_g)
-                # dL/dWr = Xrᵀ Gr + Xiᵀ Gi,  dL/dWi = Xrᵀ Gi - Xiᵀ Gr   (per frequency)
-                torch.bmm(xr, gr, out=gw[0])
-                gw[0].baddbmm_(xi, gi)
-                torch.bmm(xr, gi, out=gw[1])
-                gw[1].baddbmm_(xi, gr, alpha=-1)
+                # dL/dW = X^H G per frequency (Xᵀ taken as views)
                 if table is None:
-                    grad_kernel[:, rows] = gw
+                    _mix_into(grad_kernel[:, rows], spec[:, rows].transpose(2, 3), gc, conj_a=True)
                 else:
+                    gw = gc.new_empty(2, gc.shape[1], c_in_g, c_out_g)
+                    _mix_into(gw, spec[:, rows].transpose(2, 3), gc, conj_a=True)
                     phases = table[:, f0:f1].reshape(-1, table.shape[-1])  # (2 Fc, K)
                     grad_kernel.addmm_(phases.T, gw.reshape(phases.shape[0], -1))
             if want_x:
+                # dL/dX = G W^H per frequency
                 w = _kernel_chunk(kernel, table, f0, f1, groups, c_in_g, c_out_g)
-                wr, wi = w[0].transpose(1, 2), w[1].transpose(1, 2)
-                # dL/dXr = Gr Wrᵀ + Gi Wiᵀ,  dL/dXi = Gi Wrᵀ - Gr Wiᵀ
-                torch.bmm(gr, wr, out=gx[0, rows])
-                gx[0, rows].baddbmm_(gi, wi)
-                torch.bmm(gi, wr, out=gx[1, rows])
-                gx[1, rows].baddbmm_(gr, wi, alpha=-1)
+                _mix_into(gx[:, rows], gc, w.transpose(2, 3), conj_b=True)
         grad_x = None
         if want_x:
             gx = _apply_transposed(forward_steps, _group_minor(gx, groups, n_freq))

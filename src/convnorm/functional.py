@@ -617,11 +617,9 @@ def conv_norm(
         input, weight, bias, plan, padding_mode, dilation_t, groups, eps, spectrum,
         preconditioner_grad, affine_weight, affine_bias, algorithm, spectral_weight,
     )
-    if n in (2, 3):
-        # A channels_last input gets a channels_last output, as a conv gives.
-        fmt = torch.channels_last if n == 2 else torch.channels_last_3d
-        if input.is_contiguous(memory_format=fmt) and not input.is_contiguous():
-            out = out.contiguous(memory_format=fmt)
+    fmt = _memory_format(input)
+    if fmt is not torch.contiguous_format:
+        out = out.contiguous(memory_format=fmt)  # a channels_last input gets a channels_last output, as a conv gives
     return out
 
 
@@ -667,7 +665,7 @@ class SpectrumCache:
     LIMIT = 8
 
     def __init__(self) -> None:
-        self._entries: Dict[tuple, Tuple[tuple, Tensor]] = {}
+        self._entries: Dict[tuple, Tuple[tuple, tuple, Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -695,7 +693,7 @@ class SpectrumCache:
 
     def spectrum(self, weight: Tensor, plan: _Plan, dilation: Sequence[int], eps: float) -> Tensor:
         """v̂ of ``weight`` for ``plan``'s grid (no gradient), as the products use it."""
-        if _is_compiling():
+        if autotune.is_compiling():
             return spectrum_for_plan(weight, plan, dilation, eps, False)
         key = ("spectrum", plan.grid, plan.active, tuple(dilation), weight.device, weight.dtype, eps)
         return self._get(key, (weight,), lambda: spectrum_for_plan(weight, plan, dilation, eps, False))
@@ -706,17 +704,10 @@ class SpectrumCache:
         needed; ``None`` otherwise (the path then builds it inside the autograd graph)."""
         if not _use_fourier(algorithm, plan):
             return None
-        if (torch.is_grad_enabled() and weight.requires_grad) or spectrum.requires_grad or _is_compiling():
+        if (torch.is_grad_enabled() and weight.requires_grad) or spectrum.requires_grad or autotune.is_compiling():
             return None
         key = ("spectral_weight", plan.grid, plan.shift, tuple(dilation), weight.device, weight.dtype, groups)
         return self._get(key, (weight, spectrum), lambda: _spectral_weight(weight, spectrum, plan, dilation, groups))
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()  # torch < 2.3
 
 
 ALGORITHMS = ("auto", "spatial", "fourier")

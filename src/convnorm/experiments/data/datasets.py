@@ -23,13 +23,14 @@ get good data.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from convnorm.experiments.data.folders import load_image_folder
 from convnorm.experiments.data.formats import DatasetError, read_cifar_binary, read_cifar_pickle, read_idx
+from convnorm.experiments.data.labeled import LabeledImages
 
 __all__ = ["CIFAR10_BINARY_DIR", "CIFAR10_NPM_PACKAGE", "CLASS_NAMES", "DATASETS", "LabeledImages", "canonical_name", "dataset_stats",
            "default_data_root", "image_statistics", "load_dataset", "synthetic_dataset"]
@@ -68,46 +69,6 @@ _STATS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
 
 # The synthetic set (default noise) has mean ~0.5 and std ~0.22 in every channel.
 _SYNTHETIC_MEAN, _SYNTHETIC_STD = 0.5, 0.22
-
-
-@dataclass
-class LabeledImages:
-    """One split of an image classification data set, held in memory.
-
-    Attributes:
-        images: ``uint8`` tensor ``(N, C, H, W)``, pixel values 0..255.
-        labels: ``int64`` tensor ``(N,)``, values in ``[0, num_classes)``.
-        num_classes: number of classes ``K``.
-        name: canonical data set name (one of :data:`DATASETS`).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    num_classes: int
-    name: str
-
-    def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
-            raise ValueError(f"labels must be an int64 (N,) tensor, got {self.labels.dtype} "
-                             f"{tuple(self.labels.shape)}")
-        if self.labels.numel() != self.images.shape[0]:
-            raise ValueError(f"{self.images.shape[0]} images but {self.labels.numel()} labels")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
-
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def subset(self, indices: torch.Tensor) -> "LabeledImages":
-        """The samples at ``indices`` (``int64 (M,)``), in that order."""
-        return LabeledImages(self.images[indices], self.labels[indices], self.num_classes, self.name)
-
-    def with_labels(self, labels: torch.Tensor) -> "LabeledImages":
-        """The same images with other labels (e.g. corrupted ones), ``int64 (N,)``."""
-        return LabeledImages(self.images, labels, self.num_classes, self.name)
 
 
 def canonical_name(name: str) -> str:
@@ -186,8 +147,6 @@ def load_dataset(name: str, *, train: bool, root: Optional[str] = None,
     if name == "imagefolder":
         if root is None:
             raise ValueError("imagefolder needs its folder (root): a folder of class subfolders of images")
-        from convnorm.experiments.data.folders import load_image_folder
-
         return load_image_folder(str(root), train=train, image_size=image_size, skip_corrupt=skip_corrupt)
     root = default_data_root() if root is None else str(root)
     if name == "fashion-mnist":

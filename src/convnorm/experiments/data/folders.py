@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from convnorm.experiments.data.formats import DatasetError
+from convnorm.experiments.data.labeled import LabeledImages
 
 __all__ = ["IMAGE_EXTENSIONS", "TEST_FRACTION", "load_image_folder", "image_folder_classes"]
 
@@ -125,8 +126,8 @@ def _held_out(labels: List[int], train: bool) -> List[int]:
 
 
 def load_image_folder(folder: str, *, train: bool, channels: int = 3, image_size: Optional[int] = None,
-                      skip_corrupt: bool = False):
-    """The training or test split of an image folder as :class:`~.datasets.LabeledImages`.
+                      skip_corrupt: bool = False) -> LabeledImages:
+    """The training or test split of an image folder as :class:`~.labeled.LabeledImages`.
 
     Args:
         folder: ``<folder>/<class>/<image>``, or ``<folder>/train|test/<class>/<image>``.
@@ -145,8 +146,6 @@ def load_image_folder(folder: str, *, train: bool, channels: int = 3, image_size
         DatasetError: a missing folder, a class folder without images, an unreadable image,
             or images of different sizes without ``image_size``.
     """
-    from convnorm.experiments.data.datasets import LabeledImages
-
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if image_size is not None and image_size < 1:
