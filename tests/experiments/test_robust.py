@@ -1,9 +1,6 @@
 """Adversarial robustness: attacks, free adversarial training, evaluation checks, report."""
-import importlib
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -14,7 +11,7 @@ from torch import nn
 
 from convnorm.experiments import attacks, robust
 from convnorm.experiments.attacks import NormalizedModel, evaluate_robustness, fgsm, pgd
-from convnorm.experiments.data import default_data_root, synthetic_dataset
+from convnorm.experiments.data import synthetic_dataset
 from convnorm.experiments.robust import (
     ADV_PRESETS,
     AdvConfig,
@@ -24,6 +21,7 @@ from convnorm.experiments.robust import (
     free_at_batch,
     train_free_at,
 )
+from convnorm.experiments.records import write_json
 from convnorm.experiments.robust_report import report_section
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.22, 0.22, 0.22)
@@ -140,36 +138,11 @@ def test_attack_names_stay_importable_from_robust():
 
 # -- cross-check with torchattacks ----------------------------------------------------------
 
-TORCHATTACKS_WHEEL = "torchattacks-3.5.1-py3-none-any.whl"
-
-
 def _torchattacks_fgsm_pgd():
-    """torchattacks' FGSM and PGD classes, or skip.
-
-    torchattacks 3.5.1 declares torchvision as a requirement (which would replace the CPU
-    torch) but does not import it, so it is not installed: ``make install`` downloads its
-    wheel to ``<data root>/wheels/`` and the package is imported from that zip (Python's
-    zipimport; sys.path and sys.modules are restored after). An installed torchattacks is
-    used as it is.
-    """
-    if importlib.util.find_spec("torchattacks") is not None:
-        import torchattacks
-
-        return torchattacks.FGSM, torchattacks.PGD
-    wheel = os.path.join(default_data_root(), "wheels", TORCHATTACKS_WHEEL)
-    if not os.path.isfile(wheel):
-        pytest.skip(f"torchattacks is neither installed nor downloaded to {wheel} "
-                    "(`pip download --no-deps --dest <data root>/wheels torchattacks==3.5.1`)")
-    saved_path = list(sys.path)
-    sys.path.insert(0, wheel)
-    try:
-        torchattacks = importlib.import_module("torchattacks")
-        assert torchattacks.__file__.startswith(wheel)
-        return torchattacks.FGSM, torchattacks.PGD
-    finally:
-        sys.path[:] = saved_path
-        for name in [k for k in sys.modules if k == "torchattacks" or k.startswith("torchattacks.")]:
-            del sys.modules[name]
+    """torchattacks' FGSM and PGD classes (``make install`` installs torchattacks without its
+    declared requirements; see the Makefile), or skip."""
+    torchattacks = pytest.importorskip("torchattacks", reason="make install installs torchattacks")
+    return torchattacks.FGSM, torchattacks.PGD
 
 
 def test_fgsm_and_pgd_agree_with_torchattacks(trained):
@@ -364,6 +337,32 @@ def test_free_at_record_and_reruns(tmp_path):
         train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
 
 
+def test_free_at_with_the_attack_suite_records_the_worst_case_and_resumes_its_evaluation(tmp_path):
+    pytest.importorskip("torchattacks", reason="the attack suite needs torchattacks (make install installs it)")
+    config = adv_preset("test", epochs=1, evaluation="suite", square_queries=20, eval_samples=24, sweep_samples=16)
+    assert adv_run_name(config) != adv_run_name(adv_preset("test", epochs=1))
+    record = train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
+    ev = record["evaluation"]
+    assert record["status"] == "complete" and ev["samples"] == 24 and ev["test_images"] == 1000
+    assert (record["clean_acc"], record["fgsm_acc"], record["pgd_acc"], record["robust_acc"]) == (
+        ev["clean_acc"], ev["fgsm_acc"], ev["pgd20_acc"], ev["robust_acc"])
+    assert ev["attack"]["square"]["queries"] == 20 and ev["attack"]["pgd100"]["restarts"] == 5
+    assert record["eval_time_s"] == pytest.approx(sum(ev["seconds"].values()))
+    name = adv_run_name(config)
+    assert not (tmp_path / "c" / f"{name}.suite.json").exists()  # the record holds it all now
+    # An evaluation interrupted after two attacks resumes from its saved stages (here faked: FGSM
+    # fooling nothing), takes them as they are, and recomputes the rest exactly as before.
+    (tmp_path / f"{name}.json").unlink()
+    no_fgsm = ev["correct"]["clean"]
+    stages = dict(clean=dict(correct=no_fgsm + "1" * (1000 - 24), seconds=0.0),
+                  fgsm=dict(correct=no_fgsm, attacked=24, seconds=0.0))
+    write_json(str(tmp_path / "c" / f"{name}.suite.json"), {"identity": config.identity(), "stages": stages})
+    again = train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
+    assert again["evaluation"]["correct"]["fgsm"] == no_fgsm
+    assert again["clean_acc"] == pytest.approx((no_fgsm.count("1") + 1000 - 24) / 1000)
+    assert again["evaluation"]["correct"]["pgd20"] == ev["correct"]["pgd20"]
+
+
 def test_reset_modes_train_differently(tmp_path):
     a = train_free_at(adv_preset("test", epochs=1), out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"),
                       log=None)
@@ -388,7 +387,8 @@ def test_presets_and_epoch_counting():
     with pytest.raises(ValueError, match="unknown preset"):
         adv_preset("nope")
     for bad in (dict(perturbation_reset="never"), dict(epoch_counting="x"), dict(replays=0), dict(eps=-1.0),
-                dict(method="dropout"), dict(train_fraction=0.0)):
+                dict(method="dropout"), dict(train_fraction=0.0), dict(evaluation="autoattack"),
+                dict(square_queries=0)):
         with pytest.raises(ValueError):
             adv_preset("test", **bad)
     names = {adv_run_name(adv_preset("test", **o)) for o in
@@ -417,8 +417,9 @@ def _fake_record(method, seed, clean, fgsm_acc, pgd_acc, *, status="complete", *
     evaluation = dict(samples=1000, clean_acc=clean, fgsm_acc=fgsm_acc, pgd_acc=pgd_acc, eps_sweep=sweep,
                       checks=checks, checks_passed=seed != 1)
     record = dict(kind="robust", config=config.identity(), seed=seed, name=adv_run_name(config), status=status,
-                  epochs=[], evaluation=evaluation, clean_acc=clean, fgsm_acc=fgsm_acc, pgd_acc=pgd_acc,
-                  checks_passed=seed != 1)
+                  epochs=[dict(time_s=1800.0), dict(time_s=1800.0)], evaluation=evaluation, clean_acc=clean,
+                  fgsm_acc=fgsm_acc, pgd_acc=pgd_acc, checks_passed=seed != 1, wall_time_s=4500.0,
+                  eval_time_s=900.0, provenance=dict(git_commit=f"{seed}bcdef0123", device="AMD EPYC (1 threads)"))
     if status != "complete":
         del record["evaluation"]
     return record
@@ -439,6 +440,10 @@ def test_report_section_from_records(tmp_path):
     assert "| bn | 2 | 71.00 ± 1.41 | 41.00 ± 1.41 | 32.00 ± 2.83 | 1/2 |" in lines
     assert "| convnorm+bn | 1 | 75.00 | 45.00 | 35.00 | 1/1 |" in lines
     assert "| bn | 1 | 50.00 | 20.00 | 10.00 | 1/1 |" in lines  # the eps 4/255 setting, its own table
+    assert ("3 run(s), 3.8 process-hours in all (training 3.0, evaluation 0.8), on AMD EPYC (1 threads), at "
+            "commit(s) 0bcdef0, 1bcdef0.") in lines
+    # BN's mean (71% clean, 32% PGD-20) against the bar; the eps 4/255 setting is not judged
+    assert "BN 71.00% clean, 32.00% PGD-20, **not reached**." in text and text.count("The robustness bar") == 1
     assert text.count("### cifar10, small_resnet, 10% of the training set") == 2
     assert "model small_resnet (published: resnet18)" in text and "training data 10% (published: 100%)" in text
     assert "training eps 4/255 (published: 8/255)" in text
@@ -465,3 +470,73 @@ def test_report_reads_a_disagreement_with_the_published_ranking(tmp_path):
             "seed standard deviation (2 with a single seed on a side, not judged).") in text
     assert ("- PGD, ranked here: convnorm+bn 41.0 > sn 40.5 > oni 30.0; published: convnorm+bn 44.8 > sn 44.5 > "
             "oni 41.1. Pairs ordered as published: 3 of 3") in text
+
+
+@pytest.fixture(scope="module")
+def suite_evaluation():
+    """A real attack-suite result (tiny model, tiny budgets) whose numbers the fakes below replace."""
+    pytest.importorskip("torchattacks", reason="the attack suite needs torchattacks (make install installs it)")
+    from convnorm.experiments.attack_suite import attack_suite
+
+    data = synthetic_dataset(40, seed=2)
+    torch.manual_seed(0)
+    return attack_suite(tiny_cnn().eval(), data.images, data.labels, MEAN, STD, samples=20, strong_steps=2,
+                        strong_restarts=2, apgd_steps=2, apgd_targets=2, square_queries=5, sweep_samples=10)
+
+
+def _fake_suite_record(evaluation, method, seed, accs, hours):
+    config = adv_preset("cpu-robust", method=method, seed=seed, evaluation="suite", eval_samples=1000)
+    ev = json.loads(json.dumps(evaluation))
+    ev.update(dict(zip(("clean_acc", "fgsm_acc", "pgd20_acc", "pgd100_acc", "apgd_t_acc", "robust_acc"), accs)))
+    return dict(kind="robust", config=config.identity(), seed=seed, name=adv_run_name(config), status="complete",
+                epochs=[dict(time_s=hours * 3600 * 0.75)], evaluation=ev, clean_acc=accs[0], fgsm_acc=accs[1],
+                pgd_acc=accs[2], robust_acc=accs[5], checks_passed=ev["checks_passed"], wall_time_s=hours * 3600,
+                eval_time_s=hours * 3600 * 0.25,
+                provenance=dict(git_commit="abcdef0123", device="Intel Xeon (1 threads)"))
+
+
+def test_report_suite_view_pairs_differences_by_seed(tmp_path, suite_evaluation):
+    bn = [(0.70, 0.45, 0.38, 0.36, 0.34, 0.33), (0.72, 0.47, 0.40, 0.38, 0.36, 0.35)]
+    paper = [(0.66, 0.44, 0.39, 0.37, 0.35, 0.34), (0.69, 0.45, 0.41, 0.40, 0.38, 0.36)]
+    records = [_fake_suite_record(suite_evaluation, "bn", s, a, 2.0) for s, a in enumerate(bn)]
+    records += [_fake_suite_record(suite_evaluation, "convnorm-paper", s, a, 4.5) for s, a in enumerate(paper)]
+    records.append(_fake_record("bn", 0, 0.5, 0.2, 0.1))  # a standard-evaluation setting keeps its own table
+    for r in records:
+        (tmp_path / f"{r['name']}.json").write_text(json.dumps(r))
+    lines = report_section(str(tmp_path))
+    text = "\n".join(lines)
+    assert lines == report_section(str(tmp_path))
+    assert "### cifar10, resnet18, full training set, 12 passes of free AT" in text and ": the attack suite" in text
+    assert "| bn | 2 | 71.00 ± 1.41 | 46.00 ± 1.41 | 39.00 ± 1.41 | 37.00 ± 1.41 | 35.00 ± 1.41 | 34.00 ± 1.41 " \
+           "| 51.72 | not given | 4.0 |" in lines
+    assert "| convnorm-paper | 2 | 67.50 ± 2.12 | 44.50 ± 0.71 | 40.00 ± 1.41 | 38.50 ± 2.12 | 36.50 ± 2.12 | " \
+           "35.00 ± 1.41 | 52.87 | 44.75 | 9.0 |" in lines
+    # paired differences, computed here from the numbers above: clean -4 and -3, PGD-20 +1 and +1
+    row = next(line for line in lines if line.startswith("| convnorm-paper | 2 | -"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "-3.50 ± 0.71 (within spread)"  # |-3.5| < 2 x max(1.41, 2.12)
+    assert cells[4] == "1.00 ± 0.00 (within spread)"
+    assert "4 run(s), 13.0 process-hours in all (training 9.8, evaluation 3.2)" in text
+    assert "at commit(s) abcdef0" in text
+    assert "BN 71.00% clean, 39.00% PGD-20, reached." in text
+    checks = suite_evaluation["checks"]
+    black = checks["black_box_not_stronger"]
+    assert f"{black['fooled_by_square']} of {black['white_box_standing']})" in text
+    assert "| bn | 1 | 50.00 | 20.00 | 10.00 | 1/1 |" in lines
+
+
+def test_attack_command_runs_the_suite_on_a_checkpoint(tmp_path, capsys):
+    pytest.importorskip("torchattacks", reason="the attack suite needs torchattacks (make install installs it)")
+    from convnorm.experiments.cli import main
+
+    config = adv_preset("test", epochs=1)
+    train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
+    out = tmp_path / "suite.json"
+    assert main(["attack", "--checkpoint", str(tmp_path / "c" / f"{adv_run_name(config)}.pt"), "--suite",
+                 "--samples", "12", "--square-queries", "10", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    record = json.loads(out.read_text())
+    assert record["kind"] == "attack" and record["config"]["suite"] is True and record["config"]["samples"] == 12
+    assert printed["samples"] == 12 and printed["attack"]["square"]["queries"] == 10
+    assert printed["robust_acc"] <= printed["pgd20_acc"] and printed["test_images"] == 1000
+    assert record["result"]["correct"] == printed["correct"]

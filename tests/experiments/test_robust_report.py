@@ -30,8 +30,9 @@ def _record(method, seed, clean, fgsm, pgd, *, preset="cpu-free-at", status="com
     evaluation = dict(samples=1000, clean_acc=clean, fgsm_acc=fgsm, pgd_acc=pgd, eps_sweep=sweep, checks=checks,
                       checks_passed=checks_passed)
     record = dict(kind="robust", config=config, seed=seed, name=name or f"robust-{method}-s{seed}", status=status,
-                  epochs=[], evaluation=evaluation, clean_acc=clean, fgsm_acc=fgsm, pgd_acc=pgd,
-                  checks_passed=checks_passed, provenance={})
+                  epochs=[dict(time_s=3000.0)], evaluation=evaluation, clean_acc=clean, fgsm_acc=fgsm, pgd_acc=pgd,
+                  checks_passed=checks_passed, wall_time_s=3600.0, eval_time_s=600.0,
+                  provenance=dict(git_commit="0123456789", device="Intel Xeon (1 threads)"))
     if status != "complete":
         del record["evaluation"]
     return record

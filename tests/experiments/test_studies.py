@@ -21,7 +21,7 @@ BUDGET_FIELDS = {TrainConfig: ("dataset", "model", "model_options", "epochs", "b
                              "fid_samples", "fid_curve_samples", "fid_reference_samples", "fid_every")}
 
 
-@pytest.mark.parametrize("name", sorted(STUDIES))
+@pytest.mark.parametrize("name", sorted(n for n in STUDIES if "pilot" not in n))
 def test_every_run_of_a_study_has_the_same_budget_and_its_own_name(name):
     configs = study_configs(name)
     names = [config_name(c) for c in configs]
@@ -29,6 +29,15 @@ def test_every_run_of_a_study_has_the_same_budget_and_its_own_name(name):
     fields = BUDGET_FIELDS[type(configs[0])]
     budgets = {tuple(repr(getattr(c, f)) for f in fields) for c in configs}
     assert len(budgets) == 1, budgets
+
+
+def test_robust_pilot_varies_only_the_passes_of_bn():
+    configs = study_configs("robust-pilot-cifar10")
+    assert len({config_name(c) for c in configs}) == len(configs) == 2
+    assert {(c.method, c.seed, c.dataset, c.model, c.train_fraction, c.replays) for c in configs} == {
+        ("bn", 0, "cifar10", "resnet18", 1.0, 4)}
+    assert [(c.epochs, tuple(c.milestones)) for c in configs] == [(6, (2, 4)), (12, (4, 8))]
+    assert {tuple(c.model_options["widths"]) for c in configs} == {(16, 32, 64, 128)}
 
 
 def _key(c):

@@ -15,14 +15,14 @@ This module needs only torch: it does not import the free adversarial trainer
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DEFAULT_EPS_SWEEP", "NormalizedModel", "accuracy", "correct_predictions", "evaluate_robustness", "fgsm", "pgd",
-           "pgd_correct", "unit_images"]
+           "pgd_correct", "pgd_eps_sweep", "sweep_checks", "unit_images"]
 
 #: The eps values (in [0, 1] pixel units) of the gradient-masking sweep: 0, 2, 4, 8, 16, 32, 64 / 255.
 DEFAULT_EPS_SWEEP: Tuple[float, ...] = tuple(k / 255 for k in (0, 2, 4, 8, 16, 32, 64))
@@ -172,6 +172,54 @@ def pgd_correct(model, images, labels, *, eps, step, steps, restarts, seed, batc
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
+def pgd_eps_sweep(model: nn.Module, images_uint8: Tensor, labels: Tensor, eps_values: Sequence[float], *,
+                  pgd_step: float, pgd_steps: int, restarts: int, seed: int, batch_size: int,
+                  device) -> List[Dict[str, float]]:
+    """PGD accuracy of ``model`` (a :class:`NormalizedModel` in eval mode) at each eps of ``eps_values``.
+
+    At each ``e`` PGD takes ``pgd_steps`` steps of ``max(pgd_step, 2.5 e / pgd_steps)`` (so the
+    attack can cross the whole ball at large eps), with ``restarts`` random starts from ``seed``.
+
+    Returns:
+        One ``{eps, eps_255, step, acc}`` per eps, in the order given (eps and step in [0, 1]
+        pixel units).
+    """
+    sweep = []
+    for e in eps_values:
+        step_e = _pgd_sweep_step(e, pgd_step, pgd_steps)
+        c = pgd_correct(model, images_uint8, labels, eps=e, step=step_e, steps=pgd_steps, restarts=restarts,
+                         seed=seed, batch_size=batch_size, device=device)
+        sweep.append(dict(eps=float(e), eps_255=round(float(e) * 255, 6), step=float(step_e), acc=accuracy(c)))
+    return sweep
+
+
+def sweep_checks(sweep: Sequence[Dict[str, float]], *, monotone_tolerance: float = 0.01,
+                 zero_threshold: float = 0.05) -> Dict[str, Dict[str, Any]]:
+    """The two gradient-masking checks on an eps sweep (:func:`pgd_eps_sweep`'s rows).
+
+    ``sweep_monotone``: accuracy never rises by more than ``monotone_tolerance`` from one eps
+    to the next larger. ``sweep_reaches_zero``: accuracy at the largest eps is at most
+    ``zero_threshold``. A check that cannot run (too few rows) has ``passed: None``.
+    """
+    checks: Dict[str, Dict[str, Any]] = {}
+    ordered = sorted(sweep, key=lambda r: r["eps"])
+    if len(ordered) >= 2:
+        rise = max(b["acc"] - a["acc"] for a, b in zip(ordered, ordered[1:]))
+        checks["sweep_monotone"] = dict(passed=bool(rise <= monotone_tolerance), max_rise=rise,
+                                        tolerance=monotone_tolerance)
+    else:
+        checks["sweep_monotone"] = dict(passed=None, max_rise=None, tolerance=monotone_tolerance)
+    if ordered:
+        last = ordered[-1]
+        checks["sweep_reaches_zero"] = dict(passed=bool(last["acc"] <= zero_threshold), largest_eps=last["eps"],
+                                            largest_eps_255=last["eps_255"], acc_at_largest_eps=last["acc"],
+                                            threshold=zero_threshold)
+    else:
+        checks["sweep_reaches_zero"] = dict(passed=None, largest_eps=None, largest_eps_255=None,
+                                            acc_at_largest_eps=None, threshold=zero_threshold)
+    return checks
+
+
 def evaluate_robustness(
     model: nn.Module,
     images_uint8: Tensor,
@@ -244,34 +292,14 @@ def evaluate_robustness(
         pgd_c = pgd_correct(attacked, images_uint8, labels, eps=eps, step=pgd_step, steps=pgd_steps,
                              restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
 
-        sweep = []
         m = n if sweep_samples is None else min(n, int(sweep_samples))
-        for e in (eps_sweep or ()):
-            step_e = _pgd_sweep_step(e, pgd_step, pgd_steps)
-            c = pgd_correct(attacked, images_uint8[:m], labels[:m], eps=e, step=step_e, steps=pgd_steps,
-                             restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
-            sweep.append(dict(eps=float(e), eps_255=round(float(e) * 255, 6), step=float(step_e),
-                              acc=accuracy(c)))
+        sweep = pgd_eps_sweep(attacked, images_uint8[:m], labels[:m], eps_sweep or (), pgd_step=pgd_step,
+                              pgd_steps=pgd_steps, restarts=restarts, seed=seed, batch_size=batch_size, device=dev)
     finally:
         model.train(was_training)
 
     violations = int((~fgsm_c & pgd_c).sum())
-    checks: Dict[str, Dict[str, Any]] = {}
-    ordered = sorted(sweep, key=lambda r: r["eps"])
-    if len(ordered) >= 2:
-        rise = max(b["acc"] - a["acc"] for a, b in zip(ordered, ordered[1:]))
-        checks["sweep_monotone"] = dict(passed=bool(rise <= monotone_tolerance), max_rise=rise,
-                                        tolerance=monotone_tolerance)
-    else:
-        checks["sweep_monotone"] = dict(passed=None, max_rise=None, tolerance=monotone_tolerance)
-    if ordered:
-        last = ordered[-1]
-        checks["sweep_reaches_zero"] = dict(passed=bool(last["acc"] <= zero_threshold), largest_eps=last["eps"],
-                                            largest_eps_255=last["eps_255"], acc_at_largest_eps=last["acc"],
-                                            threshold=zero_threshold)
-    else:
-        checks["sweep_reaches_zero"] = dict(passed=None, largest_eps=None, largest_eps_255=None,
-                                            acc_at_largest_eps=None, threshold=zero_threshold)
+    checks = sweep_checks(sweep, monotone_tolerance=monotone_tolerance, zero_threshold=zero_threshold)
     pgd_acc, fgsm_acc = accuracy(pgd_c), accuracy(fgsm_c)
     rate = violations / n if n else 0.0
     checks["pgd_not_weaker_than_fgsm"] = dict(

@@ -164,6 +164,10 @@ def _add_robust(sub) -> None:
     p.add_argument("--eval-pgd-steps", type=int)
     p.add_argument("--eval-restarts", type=int)
     p.add_argument("--eval-samples", type=int, help="attack the first N test images (default: preset)")
+    p.add_argument("--evaluation", choices=("standard", "suite"),
+                   help="'standard': clean, FGSM, PGD; 'suite': also PGD-100 x 5, APGD-CE, APGD-T and Square, "
+                        "the worst case per image (needs torchattacks; see docs/robustness.md)")
+    p.add_argument("--square-queries", type=int, help="Square's queries per image in the suite (default 5000)")
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root")
     p.add_argument("--out", default=os.path.join("results", "robust"))
@@ -179,7 +183,11 @@ def _add_robust(sub) -> None:
     p.add_argument("--pgd-steps", type=int, default=20)
     p.add_argument("--pgd-step", type=_eps255, default=2 / 255, help="PGD step in 255ths (default 2)")
     p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--samples", type=int, help="first N test images (default: all)")
+    p.add_argument("--samples", type=int, help="first N test images (default: all; 1000 with --suite)")
+    p.add_argument("--suite", action="store_true",
+                   help="the attack suite: clean on all test images; FGSM, PGD-20, PGD-100 x 5, APGD-CE, APGD-T and "
+                        "Square on the first N; the worst case per image and the gradient-masking checks")
+    p.add_argument("--square-queries", type=int, default=5000, help="Square's queries per image (--suite)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root")
     p.add_argument("--out", help="write the result as a JSON record here")
@@ -345,9 +353,13 @@ def _adv_train_command(args: argparse.Namespace) -> int:
 def _attack_command(args: argparse.Namespace) -> int:
     from convnorm.experiments.robust import evaluate_checkpoint
 
+    settings = dict(eps=args.eps, pgd_steps=args.pgd_steps, pgd_step=args.pgd_step, seed=args.seed)
+    if args.suite:
+        settings["square_queries"] = args.square_queries
+    else:
+        settings["restarts"] = args.restarts
     result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device,
-                                 samples=args.samples, out=args.out, eps=args.eps, pgd_steps=args.pgd_steps,
-                                 pgd_step=args.pgd_step, restarts=args.restarts, seed=args.seed)
+                                 samples=args.samples, out=args.out, suite=args.suite, **settings)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 

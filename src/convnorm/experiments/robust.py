@@ -42,6 +42,7 @@ the gradient-masking checks); :func:`evaluate_checkpoint` does the same for a sa
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -65,6 +66,7 @@ from convnorm.experiments.attacks import (
     fgsm,
     pgd,
 )
+from convnorm.experiments.attack_suite import attack_suite
 from convnorm.experiments.augment import random_crop_flip
 from convnorm.experiments.corruptions import per_class_subset
 from convnorm.experiments.data import dataset_stats, load_dataset
@@ -76,6 +78,7 @@ from convnorm.experiments.records import (
     config_from_preset,
     config_identity,
     new_record,
+    read_json,
     save_checkpoint,
     write_json,
 )
@@ -132,9 +135,18 @@ class AdvConfig:
     monitor_pgd_steps: int = 10
     seed: int = 0
     data_root: Optional[str] = field(default=None, metadata={"identity": False})
+    # "standard": evaluate_robustness (clean, FGSM, PGD on the eval images). "suite": the attack
+    # suite (attack_suite.py): clean on the whole test set; FGSM, PGD-20, PGD-100 x 5, APGD-CE,
+    # APGD-T and Square on the first eval_samples images; the worst case per image.
+    evaluation: str = field(default="standard", metadata={"identity": "unless-default"})
+    square_queries: int = field(default=5000, metadata={"identity": "unless-default"})
 
     def validate(self) -> None:
         validate_common(self)
+        if self.evaluation not in ("standard", "suite"):
+            raise ValueError(f"evaluation must be 'standard' or 'suite', got {self.evaluation!r}")
+        if self.square_queries <= 0:
+            raise ValueError(f"square_queries must be positive, got {self.square_queries}")
         if self.perturbation_reset not in ("batch", "carry"):
             raise ValueError(f"perturbation_reset must be 'batch' or 'carry', got {self.perturbation_reset!r}")
         if self.epoch_counting not in ("passes", "divide-by-replays"):
@@ -191,6 +203,15 @@ ADV_PRESETS: Dict[str, Dict[str, Any]] = {
                         train_fraction=0.1, replays=4, eps=8 / 255, step=8 / 255, perturbation_reset="batch",
                         epoch_counting="passes", eval_pgd_steps=20, eval_pgd_step=2 / 255, eval_samples=1000,
                         sweep_samples=200, monitor_samples=200),
+    # The study network (ResNet-18 at widths 16-32-64-128, as the memorisation study) on the
+    # whole CIFAR-10 training set, with the paper's recipe over fewer passes (milestones at 1/3
+    # and 2/3 of them, as the paper's 10 and 20 of 30): the regime of the robustness pilot and
+    # study (docs/robustness.md). Clean, FGSM and PGD-20 on all 10,000 test images.
+    "cpu-robust": dict(dataset="cifar10", model="resnet18", model_options={"widths": (16, 32, 64, 128)}, epochs=12,
+                       batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="step", milestones=(4, 8),
+                       gamma=0.1, augment=True, train_fraction=1.0, replays=4, eps=8 / 255, step=8 / 255,
+                       perturbation_reset="batch", epoch_counting="passes", eval_pgd_steps=20,
+                       eval_pgd_step=2 / 255, eval_samples=None, sweep_samples=200, monitor_samples=500),
     # Tests: tiny synthetic data, seconds.
     "test": dict(dataset="synthetic", model="small_resnet", model_options={"widths": (4, 8, 8)}, epochs=2,
                  batch_size=32, lr=0.05, schedule="step", milestones=(1,), augment=True, train_fraction=0.04,
@@ -442,20 +463,58 @@ def train_free_at(
     if len(record["epochs"]) < passes or record["status"] == "diverged":
         return record
     t0 = time.perf_counter()
-    evaluation = evaluate_robustness(
-        net, data.test_images[:n_eval], data.test_labels[:n_eval], data.mean, data.std, eps=config.attack_eps,
-        pgd_steps=config.eval_pgd_steps, pgd_step=config.eval_pgd_step, restarts=config.eval_restarts,
-        batch_size=config.eval_batch_size, seed=config.seed, eps_sweep=config.sweep_eps,
-        sweep_samples=config.sweep_samples, device=str(dev))
-    eval_time = time.perf_counter() - t0
+    if config.evaluation == "suite":
+        evaluation, stages_path = _evaluate_suite(config, net, data, n_eval, dev, state_path, say)
+    else:
+        evaluation = evaluate_robustness(
+            net, data.test_images[:n_eval], data.test_labels[:n_eval], data.mean, data.std, eps=config.attack_eps,
+            pgd_steps=config.eval_pgd_steps, pgd_step=config.eval_pgd_step, restarts=config.eval_restarts,
+            batch_size=config.eval_batch_size, seed=config.seed, eps_sweep=config.sweep_eps,
+            sweep_samples=config.sweep_samples, device=str(dev))
+    # A resumed suite counts the time of the attacks it had already finished.
+    eval_time = evaluation["seconds_total"] if config.evaluation == "suite" else time.perf_counter() - t0
     record.update(evaluation=evaluation, eval_time_s=eval_time, wall_time_s=record["wall_time_s"] + eval_time,
-                  clean_acc=evaluation["clean_acc"], fgsm_acc=evaluation["fgsm_acc"], pgd_acc=evaluation["pgd_acc"],
-                  checks_passed=evaluation["checks_passed"], status="complete")
+                  clean_acc=evaluation["clean_acc"], fgsm_acc=evaluation["fgsm_acc"], pgd_acc=evaluation["pgd20_acc"
+                  if config.evaluation == "suite" else "pgd_acc"], checks_passed=evaluation["checks_passed"],
+                  status="complete")
+    if config.evaluation == "suite":
+        record["robust_acc"] = evaluation["robust_acc"]
     write_json(record_path, record)
+    if config.evaluation == "suite":
+        os.remove(stages_path)  # the record now holds every attack's result
+    robust = f" worst case {record['robust_acc']:.4f};" if "robust_acc" in record else ";"
     say(f"{name}: clean {record['clean_acc']:.4f} FGSM {record['fgsm_acc']:.4f} PGD-{config.eval_pgd_steps} "
-        f"{record['pgd_acc']:.4f}; gradient-masking checks {'passed' if record['checks_passed'] else 'FAILED'} "
+        f"{record['pgd_acc']:.4f}{robust} gradient-masking checks {'passed' if record['checks_passed'] else 'FAILED'} "
         f"({eval_time:.1f} s)")
     return record
+
+
+def _evaluate_suite(config: AdvConfig, net: nn.Module, data: AdvData, n_eval: int, dev: torch.device,
+                    state_path: str, say: Callable[[str], None]) -> Tuple[Dict[str, Any], str]:
+    """The attack suite on the final weights, resumable per attack: finished attacks are kept in
+    ``<checkpoint>.suite.json`` beside the checkpoint until the record is written."""
+    stages_path = state_path[:-len(".pt")] + ".suite.json" if state_path.endswith(".pt") else state_path + ".suite.json"
+    stages: Dict[str, Any] = {}
+    if os.path.exists(stages_path):
+        try:
+            stages = read_json(stages_path)
+        except ValueError as error:
+            say(f"{stages_path}: unreadable ({error}); the evaluation starts over")
+            stages = {}
+        if not isinstance(stages, dict) or stages.get("identity") != config.identity():
+            stages = {}
+        else:
+            say(f"{stages_path}: resuming the attack suite after {', '.join(sorted(stages.get('stages', {})))}")
+    finished = stages.setdefault("stages", {})
+    stages["identity"] = config.identity()
+    evaluation = attack_suite(
+        net, data.test_images, data.test_labels, data.mean, data.std, samples=n_eval, eps=config.attack_eps,
+        pgd_step=config.eval_pgd_step, pgd_steps=config.eval_pgd_steps, square_queries=config.square_queries,
+        eps_sweep=config.sweep_eps, sweep_samples=config.sweep_samples, batch_size=config.eval_batch_size,
+        seed=config.seed, device=str(dev), stages=finished, on_stage=lambda _: write_json(stages_path, stages),
+        log=lambda line: say(f"  {line}"))
+    evaluation["seconds_total"] = sum(evaluation["seconds"].values())
+    return evaluation, stages_path
 
 
 # -- evaluating a saved model ---------------------------------------------------------------
@@ -484,7 +543,8 @@ def load_checkpoint_model(path: str, device: Optional[str] = None) -> Tuple[nn.M
 
 
 def evaluate_checkpoint(path: str, *, data_root: Optional[str] = None, device: Optional[str] = None,
-                        samples: Optional[int] = None, out: Optional[str] = None, **settings) -> Dict[str, Any]:
+                        samples: Optional[int] = None, out: Optional[str] = None, suite: bool = False,
+                        **settings) -> Dict[str, Any]:
     """Attack the model saved at ``path`` on its data set's test split.
 
     Works on checkpoints of :func:`train_free_at` (their ``eval_*``/``sweep_*`` settings are
@@ -498,9 +558,13 @@ def evaluate_checkpoint(path: str, *, data_root: Optional[str] = None, device: O
         samples: attack the first this many test images (default: the run's
             ``eval_samples``, else all).
         out: if given, write the result there as a record of kind ``"attack"``.
+        suite: run the attack suite (:func:`convnorm.experiments.attack_suite.attack_suite`:
+            clean accuracy on the whole test split, the attacks on the first ``samples``
+            images, default 1000) instead of :func:`evaluate_robustness`.
         **settings: keyword arguments of :func:`evaluate_robustness` (``eps``,
             ``pgd_steps``, ``pgd_step``, ``restarts``, ``batch_size``, ``seed``, ``eps_sweep``,
-            ``sweep_samples``...) overriding the defaults.
+            ``sweep_samples``...) or, with ``suite``, of ``attack_suite``, overriding the
+            defaults (a run's ``restarts`` does not apply to the suite).
 
     Returns:
         The evaluation dict, plus ``checkpoint`` (path, epoch, dataset, model, method).
@@ -519,13 +583,22 @@ def evaluate_checkpoint(path: str, *, data_root: Optional[str] = None, device: O
             samples = identity.get("eval_samples")
     defaults.update(settings)
     test = load_dataset(info["dataset"], train=False, root=data_root)
-    count = len(test) if samples is None else min(int(samples), len(test))
-    result = evaluate_robustness(net, test.images[:count], test.labels[:count], info["mean"], info["std"],
-                                 device=dev, **defaults)
+    if suite:
+        if "square_queries" in identity and "square_queries" not in settings:
+            defaults["square_queries"] = identity["square_queries"]
+        accepted = inspect.signature(attack_suite).parameters
+        defaults = {k: v for k, v in defaults.items() if k in accepted}  # a run's PGD restarts do not apply
+        count = min(1000 if samples is None else int(samples), len(test))
+        result = attack_suite(net, test.images, test.labels, info["mean"], info["std"], samples=count, device=dev,
+                              **defaults)
+    else:
+        count = len(test) if samples is None else min(int(samples), len(test))
+        result = evaluate_robustness(net, test.images[:count], test.labels[:count], info["mean"], info["std"],
+                                     device=dev, **defaults)
     result["checkpoint"] = dict(path=os.path.abspath(path), epoch=info["epoch"], dataset=info["dataset"],
                                 model=info["model"], method=info["method"])
     if out is not None:
-        record = new_record("attack", dict(checkpoint=os.path.abspath(path), samples=count, **{
+        record = new_record("attack", dict(checkpoint=os.path.abspath(path), samples=count, suite=suite, **{
             k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()}),
             seed=defaults.get("seed", 0), device=torch.device(dev))
         record.update(result=result)

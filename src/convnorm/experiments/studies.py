@@ -114,6 +114,13 @@ def _free_at_cifar10() -> List[AdvConfig]:
             for seed in (0, 1) for m in ("bn", "convnorm+bn", "sn", "oni", "ocnn")]
 
 
+def _robust_pilot_cifar10() -> List[AdvConfig]:
+    # BN alone, to find the smallest free-AT setting in which it is robust (65% clean and 35%
+    # PGD-20) before the study spends its budget there: 6 and 12 passes over the whole training
+    # set at the study network's widths (docs/robustness.md).
+    return [adv_preset("cpu-robust", method="bn", epochs=6, milestones=(2, 4)), adv_preset("cpu-robust", method="bn")]
+
+
 # The generator/discriminator normalizations compared on CIFAR-10: the SN-GAN baseline, then
 # ConvNorm in place of SN, ConvNorm with SN in D, and ConvNorm before BN in G.
 GAN_PLACEMENTS = (BASELINE_NORMS, ("convnorm", "bn"), ("convnorm+sn", "bn"), ("sn", "convnorm+bn"))
@@ -132,6 +139,7 @@ STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "label-noise-cifar10": _label_noise_cifar10,
     "memorisation-cifar10": _memorisation_cifar10,
     "free-at-cifar10": _free_at_cifar10,
+    "robust-pilot-cifar10": _robust_pilot_cifar10,
     "gan-cifar10-resnet": _gan_cifar10_resnet,
 }
 
