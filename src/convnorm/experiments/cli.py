@@ -187,7 +187,8 @@ def _add_robust(sub) -> None:
     p.add_argument("--suite", action="store_true",
                    help="the attack suite: clean on all test images; FGSM, PGD-20, PGD-100 x 5, APGD-CE, APGD-T and "
                         "Square on the first N; the worst case per image and the gradient-masking checks")
-    p.add_argument("--square-queries", type=int, default=5000, help="Square's queries per image (--suite)")
+    p.add_argument("--square-queries", type=int,
+                   help="Square's queries per image (--suite; default: the run's own, else 5000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root")
     p.add_argument("--out", help="write the result as a JSON record here")
@@ -355,7 +356,8 @@ def _attack_command(args: argparse.Namespace) -> int:
 
     settings = dict(eps=args.eps, pgd_steps=args.pgd_steps, pgd_step=args.pgd_step, seed=args.seed)
     if args.suite:
-        settings["square_queries"] = args.square_queries
+        if args.square_queries is not None:
+            settings["square_queries"] = args.square_queries
     else:
         settings["restarts"] = args.restarts
     result = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device,

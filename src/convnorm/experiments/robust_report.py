@@ -130,9 +130,10 @@ def _published_order_lines(runs: List[Dict[str, Any]]) -> List[str]:
 
 # -- the attack-suite view (runs with evaluation "suite": the robustness study) --------------
 
-#: The suite table's columns: (key of the evaluation, header).
-SUITE_COLUMNS = (("clean_acc", "clean (whole test set)"), ("fgsm_acc", "FGSM"), ("pgd20_acc", "PGD-20"),
-                 ("pgd100_acc", "PGD-100 ×5"), ("apgd_t_acc", "APGD-CE + APGD-T"),
+#: The suite table's columns: (key of the evaluation, header; ``{steps}`` and ``{restarts}`` are
+#: the strong PGD's, ``{k}`` the weaker PGD's steps).
+SUITE_COLUMNS = (("clean_acc", "clean (whole test set)"), ("fgsm_acc", "FGSM"), ("pgd20_acc", "PGD-{k}"),
+                 ("pgd100_acc", "PGD-{steps} ×{restarts}"), ("apgd_t_acc", "APGD-CE + APGD-T"),
                  ("robust_acc", "worst case (+ Square)"))
 
 #: The published row that stands for a method here. The paper's "ConvNorm" is its whole block,
@@ -159,12 +160,17 @@ def _hours(seconds: float) -> str:
 REGIME_BAR = dict(clean=0.65, pgd20=0.35)
 
 
+def _short_commit(commit: str) -> str:
+    """A commit's short hash, keeping the ``-dirty`` mark of uncommitted changes."""
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def _cost_line(runs: List[Dict[str, Any]]) -> str:
     """Generated: what the runs cost, where and at which commits."""
     total = sum(r["wall_time_s"] for r in runs)
     training = sum(sum(e["time_s"] for e in r["epochs"]) for r in runs)
     evaluation = sum(r.get("eval_time_s", 0.0) for r in runs)
-    commits = sorted({r["provenance"]["git_commit"][:7] for r in runs if "provenance" in r})
+    commits = sorted({_short_commit(r["provenance"]["git_commit"]) for r in runs if "provenance" in r})
     devices = sorted({r["provenance"]["device"] for r in runs if "provenance" in r})
     return (f"{len(runs)} run(s), {_hours(total)} process-hours in all (training {_hours(training)}, evaluation "
             f"{_hours(evaluation)}), on {', '.join(devices) or 'an unrecorded device'}, at commit(s) "
@@ -193,6 +199,8 @@ def _suite_lines(runs: List[Dict[str, Any]]) -> List[str]:
     attack = ev0["attack"]
     methods = sorted({r["config"]["method"] for r in runs}, key=method_key)
     by_method = {m: [r for r in runs if r["config"]["method"] == m] for m in methods}
+    headers = [h.format(k=attack["pgd20"]["steps"], steps=attack["pgd100"]["steps"],
+                        restarts=attack["pgd100"]["restarts"]) for _, h in SUITE_COLUMNS]
     lines = [f"### {_setting_title(cfg)}: the attack suite", "",
              f"Test accuracy (%) of the final model, L-inf eps {_eps_text(attack['eps'])}, mean ± std over seeds. "
              f"Clean accuracy on all {ev0['test_images']} test images; every attack on the first {ev0['samples']} "
@@ -205,7 +213,7 @@ def _suite_lines(runs: List[Dict[str, Any]]) -> List[str]:
              "The paper's columns: its published free-AT table (full-width ResNet-18, 30 passes, mean of 4 seeds; "
              "its ConvNorm is the block `convnorm-paper` reproduces). Process-hours: training and evaluation, "
              "summed over the method's runs.", "",
-             "| method | seeds | " + " | ".join(h for _, h in SUITE_COLUMNS)
+             "| method | seeds | " + " | ".join(headers)
              + " | paper FGSM | paper PGD-20 | process-hours |",
              "|---|---|" + "---|" * (len(SUITE_COLUMNS) + 3)]
     for m in methods:
@@ -221,7 +229,7 @@ def _suite_lines(runs: List[Dict[str, Any]]) -> List[str]:
         lines += ["Differences to BN (percentage points), paired by seed: mean ± std of the per-seed "
                   "differences, then the verdict against the seed spread (higher or lower when the means "
                   f"differ by more than {SPREAD_FACTOR:g} times the larger of the two methods' seed std).", "",
-                  "| method | paired seeds | " + " | ".join(h for _, h in SUITE_COLUMNS) + " |",
+                  "| method | paired seeds | " + " | ".join(headers) + " |",
                   "|---|---|" + "---|" * len(SUITE_COLUMNS)]
         for m in methods:
             if m == "bn":
