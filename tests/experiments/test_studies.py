@@ -100,6 +100,20 @@ def test_free_at_study_is_the_listed_grid():
     assert {c.dataset for c in configs} == {"cifar10"}
 
 
+def test_robust_study_runs_the_required_methods_first_with_the_attack_suite():
+    configs = study_configs("robust-cifar10")
+    required = [(c.method, c.seed) for c in configs[:9]]
+    assert required == [(m, s) for s in (0, 1, 2) for m in ("bn", "convnorm-paper", "sn")]
+    assert Counter((c.method, c.seed) for c in configs[9:]) == Counter(
+        (m, s) for m in ("convnorm+bn", "oni", "ocnn") for s in (0, 1, 2))
+    assert {(c.evaluation, c.eval_samples, c.train_fraction, c.dataset) for c in configs} == {
+        ("suite", 1000, 1.0, "cifar10")}
+    assert {(c.epochs, tuple(c.milestones)) for c in configs} == {(studies.ROBUST_PASSES,
+                                                                  tuple(studies.ROBUST_MILESTONES))}
+    pilot = {(c.epochs, tuple(c.milestones)) for c in study_configs("robust-pilot-cifar10")}
+    assert (studies.ROBUST_PASSES, tuple(studies.ROBUST_MILESTONES)) in pilot  # a budget the pilot tried
+
+
 def test_gan_study_compares_placements_at_one_budget():
     configs = study_configs("gan-cifar10-resnet")
     assert Counter((c.d_norm, c.g_norm, c.seed) for c in configs) == Counter(

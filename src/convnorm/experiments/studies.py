@@ -121,6 +121,27 @@ def _robust_pilot_cifar10() -> List[AdvConfig]:
     return [adv_preset("cpu-robust", method="bn", epochs=6, milestones=(2, 4)), adv_preset("cpu-robust", method="bn")]
 
 
+#: The robustness study's methods: the baseline, the paper's block and spectral norm (three
+#: seeds each), then, where the budget allows, this project's ConvNorm+BN, ONI and OCNN.
+ROBUST_METHODS = ("bn", "convnorm-paper", "sn")
+ROBUST_OPTIONAL = ("convnorm+bn", "oni", "ocnn")
+
+#: The pilot's choice: the fewest passes (with their milestones) at which BN cleared the bar.
+ROBUST_PASSES, ROBUST_MILESTONES = 12, (4, 8)
+
+#: The robustness study's budget, chosen by the pilot (docs/robustness.md): the passes over the
+#: whole training set and their milestones, the attack suite on the first 1000 test images.
+ROBUST_BUDGET = dict(epochs=ROBUST_PASSES, milestones=ROBUST_MILESTONES, evaluation="suite", eval_samples=1000,
+                     sweep_samples=500)
+
+
+def _robust_cifar10() -> List[AdvConfig]:
+    # Seed-major, so a partial study already compares the three methods on the same seeds; the
+    # optional methods come after all nine required runs.
+    return [adv_preset("cpu-robust", method=m, seed=seed, **ROBUST_BUDGET)
+            for methods in (ROBUST_METHODS, ROBUST_OPTIONAL) for seed in (0, 1, 2) for m in methods]
+
+
 # The generator/discriminator normalizations compared on CIFAR-10: the SN-GAN baseline, then
 # ConvNorm in place of SN, ConvNorm with SN in D, and ConvNorm before BN in G.
 GAN_PLACEMENTS = (BASELINE_NORMS, ("convnorm", "bn"), ("convnorm+sn", "bn"), ("sn", "convnorm+bn"))
@@ -140,6 +161,7 @@ STUDIES: Dict[str, Callable[[], List[StudyConfig]]] = {
     "memorisation-cifar10": _memorisation_cifar10,
     "free-at-cifar10": _free_at_cifar10,
     "robust-pilot-cifar10": _robust_pilot_cifar10,
+    "robust-cifar10": _robust_cifar10,
     "gan-cifar10-resnet": _gan_cifar10_resnet,
 }
 
