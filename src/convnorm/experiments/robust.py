@@ -463,24 +463,25 @@ def train_free_at(
     if len(record["epochs"]) < passes or record["status"] == "diverged":
         return record
     t0 = time.perf_counter()
+    stages_path = None
     if config.evaluation == "suite":
         evaluation, stages_path = _evaluate_suite(config, net, data, n_eval, dev, state_path, say)
+        # A resumed suite counts the time of the attacks it had already finished.
+        eval_time, pgd_acc = evaluation["seconds_total"], evaluation["pgd20_acc"]
     else:
         evaluation = evaluate_robustness(
             net, data.test_images[:n_eval], data.test_labels[:n_eval], data.mean, data.std, eps=config.attack_eps,
             pgd_steps=config.eval_pgd_steps, pgd_step=config.eval_pgd_step, restarts=config.eval_restarts,
             batch_size=config.eval_batch_size, seed=config.seed, eps_sweep=config.sweep_eps,
             sweep_samples=config.sweep_samples, device=str(dev))
-    # A resumed suite counts the time of the attacks it had already finished.
-    eval_time = evaluation["seconds_total"] if config.evaluation == "suite" else time.perf_counter() - t0
+        eval_time, pgd_acc = time.perf_counter() - t0, evaluation["pgd_acc"]
     record.update(evaluation=evaluation, eval_time_s=eval_time, wall_time_s=record["wall_time_s"] + eval_time,
-                  clean_acc=evaluation["clean_acc"], fgsm_acc=evaluation["fgsm_acc"], pgd_acc=evaluation["pgd20_acc"
-                  if config.evaluation == "suite" else "pgd_acc"], checks_passed=evaluation["checks_passed"],
-                  status="complete")
-    if config.evaluation == "suite":
+                  clean_acc=evaluation["clean_acc"], fgsm_acc=evaluation["fgsm_acc"], pgd_acc=pgd_acc,
+                  checks_passed=evaluation["checks_passed"], status="complete")
+    if stages_path is not None:
         record["robust_acc"] = evaluation["robust_acc"]
     write_json(record_path, record)
-    if config.evaluation == "suite":
+    if stages_path is not None:
         os.remove(stages_path)  # the record now holds every attack's result
     robust = f" worst case {record['robust_acc']:.4f};" if "robust_acc" in record else ";"
     say(f"{name}: clean {record['clean_acc']:.4f} FGSM {record['fgsm_acc']:.4f} PGD-{config.eval_pgd_steps} "
@@ -493,7 +494,7 @@ def _evaluate_suite(config: AdvConfig, net: nn.Module, data: AdvData, n_eval: in
                     state_path: str, say: Callable[[str], None]) -> Tuple[Dict[str, Any], str]:
     """The attack suite on the final weights, resumable per attack: finished attacks are kept in
     ``<checkpoint>.suite.json`` beside the checkpoint until the record is written."""
-    stages_path = state_path[:-len(".pt")] + ".suite.json" if state_path.endswith(".pt") else state_path + ".suite.json"
+    stages_path = os.path.splitext(state_path)[0] + ".suite.json"
     stages: Dict[str, Any] = {}
     if os.path.exists(stages_path):
         try:
