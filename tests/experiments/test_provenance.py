@@ -143,6 +143,21 @@ def test_versions_name_python_torch_numpy_and_convnorm():
     assert all(isinstance(v, str) for v in got.values())
 
 
+def test_running_commit_keeps_the_commit_the_process_first_saw(git_env):
+    """A worker that started at one commit keeps naming it after the checkout moves on (or is
+    edited): its records name the code it loaded."""
+    repo, head = git_env
+    prov.running_commit.cache_clear()
+    try:
+        assert prov.running_commit() == head
+        (repo / "tracked.txt").write_text("edited\n")
+        assert git_commit() == head + "-dirty"
+        assert prov.running_commit() == head
+        assert provenance(torch.device("cpu"))["git_commit"] == head
+    finally:
+        prov.running_commit.cache_clear()
+
+
 # -- the whole block --------------------------------------------------------------------------
 
 def test_provenance_has_commit_versions_device_and_an_iso_utc_date():

@@ -304,6 +304,53 @@ def test_interrupted_and_resumed_free_at_equals_uninterrupted(tmp_path, reset):
         assert torch.count_nonzero(a["perturbation"]) == 0
 
 
+@pytest.mark.parametrize("reset", ["batch", "carry"])
+def test_a_run_killed_mid_epoch_resumes_from_its_last_minibatch_as_if_never_stopped(tmp_path, monkeypatch, reset):
+    """A checkpoint saved inside an epoch (here after every minibatch) holds the epoch's
+    generator, sums and position: killed anywhere, the run ends bit for bit where an
+    uninterrupted run ends, and trains only the minibatches the checkpoint had not seen."""
+    config = adv_preset("test", perturbation_reset=reset)
+    full = train_free_at(config, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "ca"),
+                         checkpoint_every_s=None, log=None)
+    per_epoch = full["sgd_steps"] // (config.replays * len(full["epochs"]))
+    assert per_epoch >= 3
+    real_batch, calls = robust.free_at_batch, []
+
+    def killed_at(call):
+        def batch(*args, **kwargs):
+            calls.append(call)
+            if len(calls) == call:
+                raise KeyboardInterrupt  # the process dies inside this minibatch
+            return real_batch(*args, **kwargs)
+        return batch
+
+    kill_at = per_epoch + 2  # the second minibatch of the second epoch
+    monkeypatch.setattr(robust, "free_at_batch", killed_at(kill_at))
+    with pytest.raises(KeyboardInterrupt):
+        train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"),
+                      checkpoint_every_s=0, log=None)
+    name = adv_run_name(config)
+    saved = torch.load(tmp_path / "cb" / f"{name}.pt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["within_epoch"]["batches_done"] == 1
+    calls.clear()
+    monkeypatch.setattr(robust, "free_at_batch", killed_at(0))  # counts, never kills
+    messages = []
+    resumed = train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"),
+                            checkpoint_every_s=0, log=messages.append)
+    assert any("resuming after epoch 1/2 and minibatch 1 of epoch 2" in m for m in messages), messages
+    assert len(calls) == per_epoch - 1  # only what the checkpoint had not seen
+    assert _strip(resumed) == _strip(full) and resumed["sgd_steps"] == full["sgd_steps"]
+    assert resumed["evaluation"] == full["evaluation"]
+    a = torch.load(tmp_path / "ca" / f"{name}.pt", weights_only=False)
+    b = torch.load(tmp_path / "cb" / f"{name}.pt", weights_only=False)
+    assert "within_epoch" not in a and "within_epoch" not in b  # the final checkpoint is an epoch's end
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["perturbation"], b["perturbation"])
+    for group_a, group_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(group_a["momentum_buffer"], group_b["momentum_buffer"])
+
+
 def test_free_at_record_and_reruns(tmp_path):
     config = adv_preset("test", epochs=1, method="convnorm+bn")
     record = train_free_at(config, out_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"), log=None)
@@ -430,6 +477,8 @@ def test_report_section_from_records(tmp_path):
                _fake_record("convnorm+bn", 0, 0.75, 0.45, 0.35),
                _fake_record("sn", 0, 0.6, 0.3, 0.2, status="running"),
                _fake_record("bn", 0, 0.5, 0.2, 0.1, eps=4 / 255, step=4 / 255)]
+    # convnorm+bn was resumed: the process that started it ran elsewhere, at another commit
+    records[2]["earlier_provenance"] = [dict(git_commit="9876543210-dirty", device="Intel Xeon (1 threads)")]
     for r in records:
         (tmp_path / f"{r['name']}.json").write_text(json.dumps(r))
     (tmp_path / "other.json").write_text(json.dumps({"kind": "train", "config": {}}))
@@ -440,8 +489,8 @@ def test_report_section_from_records(tmp_path):
     assert "| bn | 2 | 71.00 ± 1.41 | 41.00 ± 1.41 | 32.00 ± 2.83 | 1/2 |" in lines
     assert "| convnorm+bn | 1 | 75.00 | 45.00 | 35.00 | 1/1 |" in lines
     assert "| bn | 1 | 50.00 | 20.00 | 10.00 | 1/1 |" in lines  # the eps 4/255 setting, its own table
-    assert ("3 run(s), 3.8 process-hours in all (training 3.0, evaluation 0.8), on AMD EPYC (1 threads), at "
-            "commit(s) 0bcdef0, 1bcdef0.") in lines
+    assert ("3 run(s), 3.8 process-hours in all (training 3.0, evaluation 0.8), on AMD EPYC (1 threads), "
+            "Intel Xeon (1 threads), at commit(s) 0bcdef0, 1bcdef0, 9876543-dirty.") in lines
     # BN's mean (71% clean, 32% PGD-20) against the bar; the eps 4/255 setting is not judged
     assert "BN 71.00% clean, 32.00% PGD-20, **not reached**." in text and text.count("The robustness bar") == 1
     assert text.count("### cifar10, small_resnet, 10% of the training set") == 2

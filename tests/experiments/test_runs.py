@@ -164,6 +164,37 @@ def test_damaged_checkpoint_names_the_file_and_starts_over(finished, tmp_path, k
     assert open(bystander).read() == '{"kind": "train", "status": "complete"}\n'
 
 
+@pytest.mark.parametrize("kind", ["train", "adv-train", "gan-train"])
+def test_a_resumed_run_keeps_the_provenance_of_the_processes_before_it(finished, tmp_path, kind):
+    """The record names the process that finished the run; the ones that trained it before stay
+    under ``earlier_provenance``, oldest first, so a study run across sessions shows every commit."""
+    name, _, _, record, runner = finished[kind]
+    out, ckpt = _copy_run(finished[kind], tmp_path)
+    path = os.path.join(out, f"{name}.json")
+    first = dict(record["provenance"], git_commit="1" * 40 + "-dirty", date="2026-01-01T00:00:00+00:00")
+    second = dict(record["provenance"], git_commit="2" * 40, device="another machine (1 threads)")
+    interrupted = dict(json.loads(open(path).read()), status="running", provenance=second,
+                       earlier_provenance=[first])
+    open(path, "w").write(json.dumps(interrupted))
+    resumed = runner(out, ckpt, None)
+    assert resumed["status"] == "complete"
+    assert resumed["earlier_provenance"] == [first, second]
+    assert resumed["provenance"]["git_commit"] not in (first["git_commit"], second["git_commit"])
+    assert json.loads(open(path).read())["earlier_provenance"] == [first, second]
+
+
+def test_earlier_provenance_of_a_run_without_a_readable_record_is_empty(tmp_path):
+    run = Run("r", {"lr": 0.1}, str(tmp_path), str(tmp_path / "c"))
+    assert run.earlier_provenance() == []  # no record
+    (tmp_path / "r.json").write_text("{not json")
+    assert run.earlier_provenance() == []
+    (tmp_path / "r.json").write_text(json.dumps({"config": {"lr": 0.1}, "status": "running"}))
+    assert run.earlier_provenance() == []  # a record without provenance
+    record = {"provenance": {"git_commit": "abc"}}
+    run.keep_earlier_provenance(record)
+    assert "earlier_provenance" not in record
+
+
 def test_a_record_of_another_config_is_refused(tmp_path):
     run = Run("r", {"lr": 0.1}, str(tmp_path), str(tmp_path / "c"))
     (tmp_path / "r.json").write_text(json.dumps({"config": {"lr": 0.2}, "status": "complete"}))

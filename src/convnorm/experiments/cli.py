@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from convnorm.experiments.provenance import running_commit
+
+    running_commit()  # records name the code this process loaded, not what the checkout holds later
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -382,6 +382,7 @@ def train_gan(
             ema.load_state_dict(state["ema"])
         start, sums = state["iteration"], state["loss_sums"]
         record.update(state["record"])
+        run.keep_earlier_provenance(record)
         say(f"{name}: resuming after iteration {start}/{config.iterations}")
 
     evaluator = g if ema is None else ema

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import subprocess
@@ -20,6 +21,14 @@ def git_commit() -> str:
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def running_commit() -> str:
+    """:func:`git_commit` as it was the first time this process asked: the commit of the code
+    the process loaded. A worker that trains run after run for hours keeps naming the code it
+    runs, even when the checkout moves on under it; the CLI asks once at start-up."""
+    return git_commit()
 
 
 def cpu_name() -> str:
@@ -57,7 +66,7 @@ def versions() -> Dict[str, str]:
 
 def provenance(device: torch.device) -> Dict[str, object]:
     return {
-        "git_commit": git_commit(),
+        "git_commit": running_commit(),
         "versions": versions(),
         "device": device_name(device),
         "device_type": device.type,

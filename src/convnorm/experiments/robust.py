@@ -333,6 +333,7 @@ def train_free_at(
     checkpoint_dir: str = os.path.join("checkpoints", "robust"),
     device: Optional[str] = None,
     stop_after_epoch: Optional[int] = None,
+    checkpoint_every_s: Optional[float] = 300.0,
     log=print,
 ) -> Dict[str, Any]:
     """Free adversarial training of ``config``, then its evaluation; returns the record.
@@ -349,6 +350,11 @@ def train_free_at(
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         stop_after_epoch: return after this many epochs (passes) in total, as an
             interruption would (the record stays ``"running"``; a later call resumes).
+        checkpoint_every_s: also save the checkpoint inside an epoch, after the first
+            minibatch that ends this many seconds after the last save (0: after every
+            minibatch; ``None``: at epoch ends only). A run killed mid-epoch resumes from that
+            minibatch and trains exactly as if never stopped (the epoch's shuffle and
+            augmentation generator is saved with it); the record is written at epoch ends.
         log: one line per epoch (``None``: silent).
 
     Raises:
@@ -386,7 +392,7 @@ def train_free_at(
     record = new_record("robust", config.identity(), seed=config.seed, device=dev)
     record.update(name=name, status="running", data=data.info, epochs=[], wall_time_s=0.0, passes=passes,
                   sgd_steps=0, method_options=method.options)
-    start_epoch = 0
+    start_epoch, within_epoch = 0, None
     state = run.load_checkpoint(dev, log)
     if state is not None:
         net.load_state_dict(state["model"])
@@ -394,7 +400,10 @@ def train_free_at(
         carried = state["perturbation"].to(dev)
         start_epoch = state["epoch"]
         record.update(epochs=state["epochs"], wall_time_s=state["wall_time_s"], sgd_steps=state["sgd_steps"])
-        say(f"{name}: resuming after epoch {start_epoch}/{passes}")
+        run.keep_earlier_provenance(record)
+        within_epoch = state.get("within_epoch")  # absent in checkpoints saved at an epoch's end
+        done = "" if within_epoch is None else f" and minibatch {within_epoch['batches_done']} of epoch {start_epoch + 1}"
+        say(f"{name}: resuming after epoch {start_epoch}/{passes}{done}")
 
     regularizer = None
     if method.regularizer is not None:
@@ -404,6 +413,17 @@ def train_free_at(
     monitor = min(config.monitor_samples, len(data.test_labels))
     n_eval = len(data.test_labels) if config.eval_samples is None else min(config.eval_samples, len(data.test_labels))
     record["data"].update(eval_samples=n_eval, monitor_samples=monitor)
+
+    def save_state(epochs_done: int, within: Optional[Dict[str, Any]] = None) -> None:
+        state = {"config": model_description(config, in_channels, data.num_classes, dataset=config.dataset,
+                                             mean=list(data.mean), std=list(data.std)),
+                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "perturbation": carried.cpu(),
+                 "epoch": epochs_done, "epochs": record["epochs"], "wall_time_s": record["wall_time_s"],
+                 "sgd_steps": record["sgd_steps"]}
+        if within is not None:
+            state["within_epoch"] = within
+        save_checkpoint(state_path, state)
+
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         gen = epoch_generator(config.seed, epoch)
@@ -412,9 +432,17 @@ def train_free_at(
         steps_per_epoch = len(batches) * config.replays
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * samples, correct, samples (over all replays)
-        lr = config.lr
-        bar = progress_bar(len(batches), f"epoch {epoch + 1}/{config.epochs}", log is not None)
-        for b_index, b in enumerate(batches):
+        lr, first_batch = config.lr, 0
+        if within_epoch is not None:  # resumed mid-epoch: pick up the epoch where its checkpoint left it
+            first_batch, lr = within_epoch["batches_done"], within_epoch["lr"]
+            gen.set_state(within_epoch["generator"])
+            sums = within_epoch["sums"].clone()
+            t0 -= within_epoch["time_s"]
+            within_epoch = None
+        last_save = time.perf_counter()
+        bar = progress_bar(len(batches), f"epoch {epoch + 1}/{config.epochs}", log is not None, initial=first_batch)
+        for b_index in range(first_batch, len(batches)):
+            b = batches[b_index]
             x = data.train_images[b].float().div_(255)
             if config.augment:
                 x = random_crop_flip(x, padding=4, generator=gen)
@@ -427,6 +455,12 @@ def train_free_at(
                                   regularizer=regularizer)
             lr = lrs[-1]
             bar.update(1)
+            now = time.perf_counter()
+            if (checkpoint_every_s is not None and b_index + 1 < len(batches)
+                    and now - last_save >= checkpoint_every_s):
+                save_state(epoch, dict(batches_done=b_index + 1, generator=gen.get_state(), sums=sums.clone(),
+                                       lr=lr, time_s=now - t0))
+                last_save = now
         bar.close()
         record["sgd_steps"] += steps_per_epoch
         train_time = time.perf_counter() - t0
@@ -448,11 +482,7 @@ def train_free_at(
         if not math.isfinite(row["train_loss"]):
             record["status"] = "diverged"
         record["epochs_done"] = len(record["epochs"])
-        save_checkpoint(state_path, {"config": model_description(config, in_channels, data.num_classes, dataset=config.dataset,
-                                                             mean=list(data.mean), std=list(data.std)),
-                           "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                           "perturbation": carried.cpu(), "epoch": epoch + 1, "epochs": record["epochs"],
-                           "wall_time_s": record["wall_time_s"], "sgd_steps": record["sgd_steps"]})
+        save_state(epoch + 1)
         write_json(record_path, record)
         mon = "" if monitor_acc is None else f" PGD-{config.monitor_pgd_steps}@{monitor} {monitor_acc:.4f}"
         say(f"{name} epoch {epoch + 1}/{passes}: loss {row['train_loss']:.4f} train-adv {row['train_adv_acc']:.4f} "

@@ -166,12 +166,14 @@ def _short_commit(commit: str) -> str:
 
 
 def _cost_line(runs: List[Dict[str, Any]]) -> str:
-    """Generated: what the runs cost, where and at which commits."""
+    """Generated: what the runs cost, where and at which commits (of every process that trained them)."""
     total = sum(r["wall_time_s"] for r in runs)
     training = sum(sum(e["time_s"] for e in r["epochs"]) for r in runs)
     evaluation = sum(r.get("eval_time_s", 0.0) for r in runs)
-    commits = sorted({_short_commit(r["provenance"]["git_commit"]) for r in runs if "provenance" in r})
-    devices = sorted({r["provenance"]["device"] for r in runs if "provenance" in r})
+    # A resumed run was trained by several processes: each one's commit and machine counts.
+    sessions = [p for r in runs for p in [*r.get("earlier_provenance", []), r.get("provenance")] if p]
+    commits = sorted({_short_commit(p["git_commit"]) for p in sessions})
+    devices = sorted({p["device"] for p in sessions})
     return (f"{len(runs)} run(s), {_hours(total)} process-hours in all (training {_hours(training)}, evaluation "
             f"{_hours(evaluation)}), on {', '.join(devices) or 'an unrecorded device'}, at commit(s) "
             f"{', '.join(commits) or 'unrecorded'}.")

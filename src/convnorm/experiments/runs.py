@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -162,6 +162,27 @@ class Run:
             _say(log, f"{self.name}: checkpoint {path} belongs to another config; starting over")
             return None
         return state
+
+    def earlier_provenance(self) -> List[Dict[str, Any]]:
+        """The provenance of the processes that trained this run before this one, oldest first:
+        the list its record keeps, then the record's own. Empty without a readable record.
+
+        A resumed run's record names the process that finished it (``provenance``) and keeps
+        these under ``earlier_provenance``, so every commit and machine that trained it shows.
+        """
+        try:
+            record = read_json(self.record_path)
+        except (ValueError, OSError):
+            return []
+        if not isinstance(record, dict) or "provenance" not in record:
+            return []
+        return list(record.get("earlier_provenance", [])) + [record["provenance"]]
+
+    def keep_earlier_provenance(self, record: Dict[str, Any]) -> None:
+        """On resuming: put :meth:`earlier_provenance` into ``record`` (when there is any)."""
+        earlier = self.earlier_provenance()
+        if earlier:
+            record["earlier_provenance"] = earlier
 
     def save(self, state: Optional[Dict[str, Any]], record: Dict[str, Any]) -> None:
         """Write the checkpoint (when given), then the record, each atomically."""

@@ -369,6 +369,7 @@ def _train(config, out_dir, checkpoint_dir, device, stop_after_epoch, log, rank,
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_val = state["epoch"], state["best_val"]
+        run.keep_earlier_provenance(record)
         record.update(epochs=state["epochs"], wall_time_s=state["wall_time_s"])
         if record["epochs"]:
             # The headline numbers of the epochs done: a finished checkpoint completes the record.
