@@ -1,5 +1,6 @@
 """The named studies: each holds exactly the runs its issue lists, with one budget per study,
 and several processes can share a study without training a run twice."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from convnorm.experiments.cli import main
 from convnorm.experiments.gan import GANConfig
 from convnorm.experiments.robust import AdvConfig
 from convnorm.experiments.studies import STUDIES, claim_run, config_name, study_configs
-from convnorm.experiments.train import TrainConfig, preset
+from convnorm.experiments.train import TrainConfig, preset, train
 
 BUDGET_FIELDS = {TrainConfig: ("dataset", "model", "model_options", "epochs", "batch_size", "lr", "momentum",
                                "weight_decay", "schedule", "milestones", "augment", "val_fraction"),
@@ -171,6 +172,26 @@ def test_study_command_skips_runs_held_elsewhere_and_finishes_them_later(tmp_pat
     assert main(args) == 0
     assert "all 2 runs complete" in capsys.readouterr().out
     assert (out / f"{held}.json").exists()
+
+
+def test_study_list_says_how_far_a_running_run_got(tmp_path, monkeypatch, capsys):
+    tiny = [preset("test", method="bn", epochs=3, seed=seed) for seed in (0, 1, 2)]
+    monkeypatch.setitem(STUDIES, "tiny", lambda: list(tiny))
+    out, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    out.mkdir()
+    names = [config_name(c) for c in tiny]
+    train(tiny[0], out_dir=str(out), checkpoint_dir=str(ckpt), stop_after_epoch=2, log=None)
+    (out / f"{names[1]}.json").write_text(json.dumps({"kind": "robust", "status": "running", "passes": 12,
+                                                       "epochs": [{}] * 8, "config": {"epochs": 3}}))
+    assert main(["study", "tiny", "--out", str(out), "--checkpoints", str(ckpt), "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("running, 2 of 3 epochs") and lines[0].endswith(names[0])
+    assert lines[1].startswith("running, 8 of 12 epochs")  # free AT counts passes
+    assert lines[2].startswith("not started")
+    (out / f"{names[1]}.json").write_text(json.dumps({"kind": "gan", "status": "running", "iterations_done": 500,
+                                                       "config": {"iterations": 2000}}))
+    assert main(["study", "tiny", "--out", str(out), "--checkpoints", str(ckpt), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("running, 500 of 2000 iterations")
 
 
 def test_study_command_does_not_count_skipped_runs_that_finished_elsewhere(tmp_path, monkeypatch, capsys):

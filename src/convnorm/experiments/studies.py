@@ -289,13 +289,23 @@ def study_configs(name: str) -> List[StudyConfig]:
 
 
 def _run_state(out_dir: str, name: str) -> str:
+    """The record's status; a running one with how far it got (``"running, 8 of 12 epochs"``)."""
     path = os.path.join(out_dir, name + ".json")
     if not os.path.exists(path):
         return "not started"
     try:
-        return read_json(path).get("status", "?")
+        record = read_json(path)
     except ValueError:
         return "corrupt record"
+    status = record.get("status", "?")
+    if status != "running":
+        return status
+    config = record.get("config", {})
+    if "iterations_done" in record:  # a GAN counts iterations
+        done, total, unit = record["iterations_done"], config.get("iterations"), "iterations"
+    else:  # free AT counts passes, the others epochs
+        done, total, unit = len(record.get("epochs", [])), record.get("passes", config.get("epochs")), "epochs"
+    return f"running, {done} of {total} {unit}" if total else status
 
 
 def study_states(name: str, *, out_dir: str, checkpoint_dir: str) -> List[Tuple[str, str]]:
