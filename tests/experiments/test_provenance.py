@@ -143,19 +143,23 @@ def test_versions_name_python_torch_numpy_and_convnorm():
     assert all(isinstance(v, str) for v in got.values())
 
 
+@pytest.fixture(autouse=True)
+def _fresh_running_commit():
+    """Tests here point git elsewhere: none may leave its commit cached for the others."""
+    prov.running_commit.cache_clear()
+    yield
+    prov.running_commit.cache_clear()
+
+
 def test_running_commit_keeps_the_commit_the_process_first_saw(git_env):
     """A worker that started at one commit keeps naming it after the checkout moves on (or is
     edited): its records name the code it loaded."""
     repo, head = git_env
-    prov.running_commit.cache_clear()
-    try:
-        assert prov.running_commit() == head
-        (repo / "tracked.txt").write_text("edited\n")
-        assert git_commit() == head + "-dirty"
-        assert prov.running_commit() == head
-        assert provenance(torch.device("cpu"))["git_commit"] == head
-    finally:
-        prov.running_commit.cache_clear()
+    assert prov.running_commit() == head
+    (repo / "tracked.txt").write_text("edited\n")
+    assert git_commit() == head + "-dirty"
+    assert prov.running_commit() == head
+    assert provenance(torch.device("cpu"))["git_commit"] == head
 
 
 # -- the whole block --------------------------------------------------------------------------
@@ -164,7 +168,8 @@ def test_provenance_has_commit_versions_device_and_an_iso_utc_date():
     before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     block = provenance(torch.device("cpu"))
     after = datetime.datetime.now(datetime.timezone.utc)
-    assert set(block) == {"git_commit", "versions", "device", "device_type", "date"}
+    assert set(block) == {"git_commit", "process", "versions", "device", "device_type", "date"}
+    assert re.fullmatch(r"[0-9a-f]{12}", block["process"]) and block["process"] == prov.process_id()
     assert block["git_commit"] == "unknown" or _COMMIT.fullmatch(block["git_commit"])
     assert block["versions"] == versions()
     assert block["device_type"] == "cpu"

@@ -212,7 +212,7 @@ def test_new_record_carries_kind_config_seed_and_provenance():
     assert record["kind"] == "train" and record["seed"] == 7 and record["config"] == config
     record["config"]["lr"] = 99.0
     assert config["lr"] == 0.1  # the record holds its own copy
-    assert set(record["provenance"]) == {"git_commit", "versions", "device", "device_type", "date"}
+    assert set(record["provenance"]) == {"git_commit", "process", "versions", "device", "device_type", "date"}
     assert record["provenance"]["device_type"] == "cpu"
     assert new_record("fid-validation", {}, seed=None, device=torch.device("cpu"))["seed"] is None
 

@@ -304,11 +304,16 @@ def test_interrupted_and_resumed_free_at_equals_uninterrupted(tmp_path, reset):
         assert torch.count_nonzero(a["perturbation"]) == 0
 
 
-@pytest.mark.parametrize("reset", ["batch", "carry"])
-def test_a_run_killed_mid_epoch_resumes_from_its_last_minibatch_as_if_never_stopped(tmp_path, monkeypatch, reset):
+@pytest.mark.parametrize("reset,kill_epoch", [("batch", 2), ("carry", 1)])
+def test_a_run_killed_mid_epoch_resumes_from_its_last_minibatch_as_if_never_stopped(tmp_path, monkeypatch, reset,
+                                                                                    kill_epoch):
     """A checkpoint saved inside an epoch (here after every minibatch) holds the epoch's
     generator, sums and position: killed anywhere, the run ends bit for bit where an
-    uninterrupted run ends, and trains only the minibatches the checkpoint had not seen."""
+    uninterrupted run ends, and trains only the minibatches the checkpoint had not seen. The
+    killed process is named in the record's ``earlier_provenance``, even when it died before
+    writing any record (epoch 1)."""
+    from convnorm.experiments import provenance as prov
+
     config = adv_preset("test", perturbation_reset=reset)
     full = train_free_at(config, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "ca"),
                          checkpoint_every_s=None, log=None)
@@ -324,21 +329,32 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_minibatch_as_if_never_stop
             return real_batch(*args, **kwargs)
         return batch
 
-    kill_at = per_epoch + 2  # the second minibatch of the second epoch
+    kill_at = per_epoch * (kill_epoch - 1) + 2  # the second minibatch of epoch kill_epoch
     monkeypatch.setattr(robust, "free_at_batch", killed_at(kill_at))
+    killed_process = prov.process_id()
     with pytest.raises(KeyboardInterrupt):
         train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"),
                       checkpoint_every_s=0, log=None)
     name = adv_run_name(config)
     saved = torch.load(tmp_path / "cb" / f"{name}.pt", weights_only=False)
-    assert saved["epoch"] == 1 and saved["within_epoch"]["batches_done"] == 1
+    assert saved["epoch"] == kill_epoch - 1 and saved["within_epoch"]["batches_done"] == 1
+    # plain numbers: a checkpoint loaded onto a GPU must not hand CUDA tensors to the CPU generator
+    assert not any(isinstance(v, torch.Tensor) for v in saved["within_epoch"].values())
+    assert (tmp_path / "b" / f"{name}.json").exists() == (kill_epoch > 1)
     calls.clear()
     monkeypatch.setattr(robust, "free_at_batch", killed_at(0))  # counts, never kills
+    prov.process_id.cache_clear()  # the resume is another process
     messages = []
-    resumed = train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"),
-                            checkpoint_every_s=0, log=messages.append)
-    assert any("resuming after epoch 1/2 and minibatch 1 of epoch 2" in m for m in messages), messages
-    assert len(calls) == per_epoch - 1  # only what the checkpoint had not seen
+    try:
+        resumed = train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"),
+                                checkpoint_every_s=0, log=messages.append)
+    finally:
+        prov.process_id.cache_clear()
+    assert any(f"resuming after epoch {kill_epoch - 1}/2 and minibatch 1 of epoch {kill_epoch}" in m
+               for m in messages), messages
+    assert len(calls) == per_epoch * (2 - kill_epoch) + per_epoch - 1  # only what the checkpoint had not seen
+    assert [p["process"] for p in resumed["earlier_provenance"]] == [killed_process]
+    assert resumed["provenance"]["process"] != killed_process
     assert _strip(resumed) == _strip(full) and resumed["sgd_steps"] == full["sgd_steps"]
     assert resumed["evaluation"] == full["evaluation"]
     a = torch.load(tmp_path / "ca" / f"{name}.pt", weights_only=False)
@@ -349,6 +365,32 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_minibatch_as_if_never_stop
     assert torch.equal(a["perturbation"], b["perturbation"])
     for group_a, group_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(group_a["momentum_buffer"], group_b["momentum_buffer"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_killed_mid_epoch_on_a_gpu_resumes_there(tmp_path, monkeypatch):
+    """The CPU test above, on CUDA: the checkpoint is loaded onto the GPU and must resume (GPU
+    kernels need not be bitwise deterministic, so the numbers are compared with a tolerance)."""
+    config = adv_preset("test")
+    full = train_free_at(config, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "ca"), device="cuda",
+                         checkpoint_every_s=None, log=None)
+    real_batch, calls = robust.free_at_batch, []
+
+    def dies_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(robust, "free_at_batch", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"), device="cuda",
+                      checkpoint_every_s=0, log=None)
+    monkeypatch.setattr(robust, "free_at_batch", real_batch)
+    resumed = train_free_at(config, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "cb"), device="cuda",
+                            checkpoint_every_s=0, log=None)
+    assert resumed["status"] == "complete" and resumed["sgd_steps"] == full["sgd_steps"]
+    assert resumed["epochs"][-1]["train_loss"] == pytest.approx(full["epochs"][-1]["train_loss"], rel=1e-3)
 
 
 def test_free_at_record_and_reruns(tmp_path):

@@ -11,6 +11,7 @@ from convnorm.experiments import cli
 from convnorm.experiments.gan import gan_config_from_args, train_gan
 from convnorm.experiments.gan import run_name as gan_run_name
 from convnorm.experiments.robust import adv_preset, adv_run_name, train_free_at
+from convnorm.experiments.provenance import process_id, running_commit
 from convnorm.experiments.runs import Run, choose_device
 from convnorm.experiments.studies import config_name, run_config
 from convnorm.experiments.train import preset, run_name, train
@@ -171,16 +172,33 @@ def test_a_resumed_run_keeps_the_provenance_of_the_processes_before_it(finished,
     name, _, _, record, runner = finished[kind]
     out, ckpt = _copy_run(finished[kind], tmp_path)
     path = os.path.join(out, f"{name}.json")
-    first = dict(record["provenance"], git_commit="1" * 40 + "-dirty", date="2026-01-01T00:00:00+00:00")
-    second = dict(record["provenance"], git_commit="2" * 40, device="another machine (1 threads)")
+    first = dict(record["provenance"], git_commit="1" * 40 + "-dirty", date="2026-01-01T00:00:00+00:00",
+                 process="a" * 12)
+    second = dict(record["provenance"], git_commit="2" * 40, device="another machine (1 threads)", process="b" * 12)
     interrupted = dict(json.loads(open(path).read()), status="running", provenance=second,
                        earlier_provenance=[first])
     open(path, "w").write(json.dumps(interrupted))
+    checkpoint = os.path.join(ckpt, f"{name}.pt")
+    state = torch.load(checkpoint, weights_only=False)
+    if "processes" in state:  # free AT's checkpoint keeps the list itself (it saves between record writes)
+        state["processes"] = [first, second]
+        torch.save(state, checkpoint)
     resumed = runner(out, ckpt, None)
     assert resumed["status"] == "complete"
     assert resumed["earlier_provenance"] == [first, second]
-    assert resumed["provenance"]["git_commit"] not in (first["git_commit"], second["git_commit"])
+    assert resumed["provenance"]["git_commit"] == running_commit()
+    assert resumed["provenance"]["process"] == process_id()
     assert json.loads(open(path).read())["earlier_provenance"] == [first, second]
+
+
+def test_a_run_stopped_and_resumed_in_one_process_does_not_list_that_process_twice(tmp_path):
+    config = adv_preset("test")
+    folders = dict(out_dir=str(tmp_path / "r"), checkpoint_dir=str(tmp_path / "c"), log=None)
+    part = train_free_at(config, stop_after_epoch=1, **folders)
+    assert part["status"] == "running" and "earlier_provenance" not in part
+    whole = train_free_at(config, **folders)
+    assert whole["status"] == "complete" and "earlier_provenance" not in whole
+    assert whole["provenance"]["process"] == part["provenance"]["process"] == process_id()
 
 
 def test_earlier_provenance_of_a_run_without_a_readable_record_is_empty(tmp_path):
@@ -190,9 +208,13 @@ def test_earlier_provenance_of_a_run_without_a_readable_record_is_empty(tmp_path
     assert run.earlier_provenance() == []
     (tmp_path / "r.json").write_text(json.dumps({"config": {"lr": 0.1}, "status": "running"}))
     assert run.earlier_provenance() == []  # a record without provenance
-    record = {"provenance": {"git_commit": "abc"}}
+    record = {"provenance": {"git_commit": "abc", "process": "p"}}
     run.keep_earlier_provenance(record)
     assert "earlier_provenance" not in record
+    # A checkpoint's list wins over the record's: it holds work no record mentions yet.
+    older = [{"git_commit": "old", "process": "q"}, {"git_commit": "abc", "process": "p"}]
+    run.keep_earlier_provenance(record, {"processes": older})
+    assert record["earlier_provenance"] == older[:1]  # this process itself is left out
 
 
 def test_a_record_of_another_config_is_refused(tmp_path):

@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import subprocess
+import uuid
 from typing import Dict
 
 import torch
@@ -29,6 +30,13 @@ def running_commit() -> str:
     the process loaded. A worker that trains run after run for hours keeps naming the code it
     runs, even when the checkout moves on under it; the CLI asks once at start-up."""
     return git_commit()
+
+
+@functools.lru_cache(maxsize=None)
+def process_id() -> str:
+    """A random token for this process, so a resumed run can tell its own earlier records
+    (a notebook that stops and resumes a run) from those of the processes before it."""
+    return uuid.uuid4().hex[:12]
 
 
 def cpu_name() -> str:
@@ -67,6 +75,7 @@ def versions() -> Dict[str, str]:
 def provenance(device: torch.device) -> Dict[str, object]:
     return {
         "git_commit": running_commit(),
+        "process": process_id(),
         "versions": versions(),
         "device": device_name(device),
         "device_type": device.type,

@@ -82,7 +82,7 @@ from convnorm.experiments.records import (
     save_checkpoint,
     write_json,
 )
-from convnorm.experiments.runs import Run, choose_device, epoch_generator, learning_rate, model_description
+from convnorm.experiments.runs import Run, choose_device, epoch_generator, learning_rate, model_description, processes
 from convnorm.experiments.train import validate_common
 
 __all__ = [
@@ -400,7 +400,7 @@ def train_free_at(
         carried = state["perturbation"].to(dev)
         start_epoch = state["epoch"]
         record.update(epochs=state["epochs"], wall_time_s=state["wall_time_s"], sgd_steps=state["sgd_steps"])
-        run.keep_earlier_provenance(record)
+        run.keep_earlier_provenance(record, state)
         within_epoch = state.get("within_epoch")  # absent in checkpoints saved at an epoch's end
         done = "" if within_epoch is None else f" and minibatch {within_epoch['batches_done']} of epoch {start_epoch + 1}"
         say(f"{name}: resuming after epoch {start_epoch}/{passes}{done}")
@@ -419,7 +419,7 @@ def train_free_at(
                                              mean=list(data.mean), std=list(data.std)),
                  "model": net.state_dict(), "optimizer": optimizer.state_dict(), "perturbation": carried.cpu(),
                  "epoch": epochs_done, "epochs": record["epochs"], "wall_time_s": record["wall_time_s"],
-                 "sgd_steps": record["sgd_steps"]}
+                 "sgd_steps": record["sgd_steps"], "processes": processes(record)}
         if within is not None:
             state["within_epoch"] = within
         save_checkpoint(state_path, state)
@@ -434,9 +434,11 @@ def train_free_at(
         sums = torch.zeros(3, dtype=torch.float64)  # loss * samples, correct, samples (over all replays)
         lr, first_batch = config.lr, 0
         if within_epoch is not None:  # resumed mid-epoch: pick up the epoch where its checkpoint left it
-            first_batch, lr = within_epoch["batches_done"], within_epoch["lr"]
-            gen.set_state(within_epoch["generator"])
-            sums = within_epoch["sums"].clone()
+            first_batch = within_epoch["batches_done"]
+            # Kept as plain numbers (older checkpoints: tensors), so the device the checkpoint
+            # is loaded onto never reaches the CPU generator or the CPU sums.
+            gen.set_state(torch.as_tensor(within_epoch["generator"], dtype=torch.uint8).cpu())
+            sums = torch.as_tensor(within_epoch["sums"], dtype=torch.float64).cpu().clone()
             t0 -= within_epoch["time_s"]
             within_epoch = None
         last_save = time.perf_counter()
@@ -458,8 +460,8 @@ def train_free_at(
             now = time.perf_counter()
             if (checkpoint_every_s is not None and b_index + 1 < len(batches)
                     and now - last_save >= checkpoint_every_s):
-                save_state(epoch, dict(batches_done=b_index + 1, generator=gen.get_state(), sums=sums.clone(),
-                                       lr=lr, time_s=now - t0))
+                save_state(epoch, dict(batches_done=b_index + 1, generator=gen.get_state().tolist(),
+                                       sums=sums.tolist(), time_s=now - t0))
                 last_save = now
         bar.close()
         record["sgd_steps"] += steps_per_epoch

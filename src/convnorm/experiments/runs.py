@@ -40,7 +40,7 @@ import torch
 
 from convnorm.experiments.records import read_json, save_checkpoint, write_json
 
-__all__ = ["Run", "choose_device", "epoch_generator", "learning_rate", "model_description"]
+__all__ = ["Run", "choose_device", "epoch_generator", "learning_rate", "model_description", "processes"]
 
 Log = Optional[Callable[[str], None]]
 
@@ -163,24 +163,34 @@ class Run:
             return None
         return state
 
-    def earlier_provenance(self) -> List[Dict[str, Any]]:
-        """The provenance of the processes that trained this run before this one, oldest first:
-        the list its record keeps, then the record's own. Empty without a readable record.
+    def earlier_provenance(self, state: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+        """The provenance of the processes that trained this run before, oldest first.
 
-        A resumed run's record names the process that finished it (``provenance``) and keeps
-        these under ``earlier_provenance``, so every commit and machine that trained it shows.
+        From the checkpoint ``state`` when it keeps them (``state["processes"]``, see
+        :func:`processes`: a trainer that saves inside an epoch has work in its checkpoint
+        that no record mentions yet), else from the record: the list it keeps, then its own.
+        Empty without either.
         """
+        if state is not None and "processes" in state:
+            return list(state["processes"])
         try:
             record = read_json(self.record_path)
         except (ValueError, OSError):
             return []
         if not isinstance(record, dict) or "provenance" not in record:
             return []
-        return list(record.get("earlier_provenance", [])) + [record["provenance"]]
+        return processes(record)
 
-    def keep_earlier_provenance(self, record: Dict[str, Any]) -> None:
-        """On resuming: put :meth:`earlier_provenance` into ``record`` (when there is any)."""
-        earlier = self.earlier_provenance()
+    def keep_earlier_provenance(self, record: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
+        """On resuming: put :meth:`earlier_provenance` into ``record`` (when there is any).
+
+        A resumed run's record names the process that finished it (``provenance``) and keeps
+        the ones before it under ``earlier_provenance``, so every commit and machine that
+        trained it shows. This process's own earlier entries (a run stopped and resumed in one
+        process) are left out: ``provenance`` already names it.
+        """
+        this = record["provenance"].get("process")
+        earlier = [p for p in self.earlier_provenance(state) if this is None or p.get("process") != this]
         if earlier:
             record["earlier_provenance"] = earlier
 
@@ -189,6 +199,13 @@ class Run:
         if state is not None:
             save_checkpoint(self.checkpoint_path, state)
         write_json(self.record_path, record)
+
+
+def processes(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Every process that has trained the run of ``record`` so far, oldest first: its
+    ``earlier_provenance`` then its ``provenance``. A checkpoint saved between record writes
+    keeps this list as ``"processes"`` (:meth:`Run.earlier_provenance` reads it back)."""
+    return list(record.get("earlier_provenance", [])) + [record["provenance"]]
 
 
 def _say(log: Log, message: str) -> None:
