@@ -73,6 +73,29 @@ def test_git_commit_marks_uncommitted_changes_to_tracked_files(git_env):
     assert git_commit() == head + "-dirty"
 
 
+def test_edited_records_and_docs_do_not_make_the_tree_dirty(git_env):
+    """A study's workers rewrite their tracked running records all the time: a process that
+    starts beside them runs committed code, and only code edits mark it ``-dirty``."""
+    repo, _ = git_env
+    files = {"results/study/run.json": "{}\n", "docs/guide.md": "text\n", "src/pkg/module.py": "x = 1\n",
+             "resultsfile.txt": "a file whose name only starts like the folder\n"}
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    _git("add", *files, cwd=repo)
+    _git("-c", "commit.gpgsign=false", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "more",
+         cwd=repo)
+    head = _git("rev-parse", "HEAD", cwd=repo)
+    (repo / "results/study/run.json").write_text('{"status": "running"}\n')
+    (repo / "docs/guide.md").write_text("edited\n")
+    assert git_commit() == head
+    (repo / "src/pkg/module.py").write_text("x = 2\n")
+    assert git_commit() == head + "-dirty"
+    _git("checkout", "src/pkg/module.py", cwd=repo)
+    (repo / "resultsfile.txt").write_text("edited\n")
+    assert git_commit() == head + "-dirty"
+
+
 def test_untracked_files_do_not_make_the_tree_dirty(git_env):
     repo, head = git_env
     (repo / "scratch.txt").write_text("not tracked\n")

@@ -12,12 +12,19 @@ from typing import Dict
 import torch
 
 
+#: Top-level folders whose edits do not change what runs: the records (a study's workers
+#: rewrite their running records all the time) and the prose.
+NOT_CODE = ("results", "docs")
+
+
 def git_commit() -> str:
-    """The current commit, with ``-dirty`` when tracked files have uncommitted changes."""
+    """The current commit, with ``-dirty`` when tracked files outside :data:`NOT_CODE` have
+    uncommitted changes."""
     here = os.path.dirname(os.path.abspath(__file__))
+    pathspec = [":(top)"] + [f":(top,exclude){folder}" for folder in NOT_CODE]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *pathspec], cwd=here,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
