@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from convnorm.experiments.records import iter_records
 from convnorm.experiments.published import PUBLISHED_FREE_AT
 from convnorm.experiments.robust import ADV_PRESETS, AdvConfig
+from convnorm.experiments.runs import processes
 from convnorm.experiments.stats import SPREAD_FACTOR, format_mean_std, judge_difference, mean_std, method_key
 
 __all__ = ["report_section"]
@@ -171,7 +172,7 @@ def _cost_line(runs: List[Dict[str, Any]]) -> str:
     training = sum(sum(e["time_s"] for e in r["epochs"]) for r in runs)
     evaluation = sum(r.get("eval_time_s", 0.0) for r in runs)
     # A resumed run was trained by several processes: each one's commit and machine counts.
-    sessions = [p for r in runs for p in [*r.get("earlier_provenance", []), r.get("provenance")] if p]
+    sessions = [p for r in runs if "provenance" in r for p in processes(r)]
     commits = sorted({_short_commit(p["git_commit"]) for p in sessions})
     devices = sorted({p["device"] for p in sessions})
     return (f"{len(runs)} run(s), {_hours(total)} process-hours in all (training {_hours(training)}, evaluation "
