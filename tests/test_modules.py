@@ -365,10 +365,12 @@ def _cpu_autocast_enabled() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+# Each path pinned: under 'auto' the path depends on a timing, and the two round differently.
+@pytest.mark.parametrize("algorithm", ["spatial", "fourier"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_runs_fft_in_float32_and_returns_input_dtype(dtype):
+def test_autocast_runs_transforms_in_float32_and_returns_input_dtype(dtype, algorithm):
     torch.manual_seed(0)
-    m = ConvNorm2d(8, 8, 3, padding=1, affine_init="random")
+    m = ConvNorm2d(8, 8, 3, padding=1, affine_init="random", algorithm=algorithm)
     x = torch.randn(2, 8, 16, 16)
     reference = m(x)
     with torch.autocast("cpu", dtype=dtype):
@@ -376,16 +378,19 @@ def test_autocast_runs_fft_in_float32_and_returns_input_dtype(dtype):
             pytest.skip(f"this torch has no CPU autocast to {dtype}")
         y = m(x)
     assert y.dtype == torch.float32
-    # Against float32: autocast rounds two results to the format (the conv's output and the
-    # depthwise affine conv's output), each by at most the unit roundoff u (relative).
+    # Against float32: autocast rounds at most two results to the format (the spatial path's
+    # conv output and the depthwise affine conv's output), each by at most the unit roundoff u.
     u = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[dtype]
     assert (y - reference).abs().max() < 3 * u * reference.abs().max()
-    # Against the exact low-precision pipeline: the two convs (and the affine bias) in the format
-    # as autocast runs them, the preconditioner between them in float64. Only the float32 FFTs separate the two, so at
-    # most a rare element lands one ulp apart after the affine conv's rounding; transforms run
-    # in the format would put an error of order u on every element (RMS near u / 3).
+    # Against the exact low-precision pipeline, the preconditioner in float64. The spatial path
+    # runs the conv in the format (autocast's conv) and its FFTs in float32; the Fourier path
+    # runs the conv and the preconditioner as one float32 product with DFT matrices. Both run
+    # the affine conv and its bias in the format. Only float32 arithmetic separates y from the
+    # model, so at most a rare element lands one ulp apart after the affine conv's rounding;
+    # transforms run in the format would put an error of order u on every element (RMS near u / 3).
     with torch.no_grad():
-        c = F.conv2d(x.to(dtype), m.weight.to(dtype), None, 1, 2).double()  # the full 18x18 grid
+        low = dtype if algorithm == "spatial" else torch.float64
+        c = F.conv2d(x.to(low), m.weight.to(low), None, 1, 2).double()  # the full 18x18 grid
         v = CF.preconditioner_spectrum(m.weight.double(), (18, 18), eps=m.eps)
         p = torch.fft.ifft2(torch.fft.fft2(c) * v).real[..., 1:-1, 1:-1]
         affine = F.conv2d(p.to(dtype), m.affine_weight.to(dtype), None, 1, 1, 1, 8)
