@@ -389,8 +389,8 @@ def test_autocast_runs_transforms_in_float32_and_returns_input_dtype(dtype, algo
     # model, so at most a rare element lands one ulp apart after the affine conv's rounding;
     # transforms run in the format would put an error of order u on every element (RMS near u / 3).
     with torch.no_grad():
-        low = dtype if algorithm == "spatial" else torch.float64
-        c = F.conv2d(x.to(low), m.weight.to(low), None, 1, 2).double()  # the full 18x18 grid
+        conv_dtype = dtype if algorithm == "spatial" else torch.float64  # the Fourier path: float32, modelled exact
+        c = F.conv2d(x.to(conv_dtype), m.weight.to(conv_dtype), None, 1, 2).double()  # the full 18x18 grid
         v = CF.preconditioner_spectrum(m.weight.double(), (18, 18), eps=m.eps)
         p = torch.fft.ifft2(torch.fft.fft2(c) * v).real[..., 1:-1, 1:-1]
         affine = F.conv2d(p.to(dtype), m.affine_weight.to(dtype), None, 1, 1, 1, 8)
